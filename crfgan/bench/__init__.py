@@ -1,0 +1,1 @@
+"""Benchmarks shipped with the product: ``crfgan bench <name>`` prints a table, ``--json`` writes the figures."""

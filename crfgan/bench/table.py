@@ -1,0 +1,45 @@
+"""Print benchmark rows as an aligned table and optionally write them as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"device": dev, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def format_table(title: str, rows: list[dict]) -> str:
+    if not rows:
+        return f"## {title}\n(no rows)\n"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    out = [f"## {title}", line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(row) for row in cells]
+    return "\n".join(out) + "\n"
+
+
+def emit(title: str, rows: list[dict], json_path: str | None = None, extra: dict | None = None) -> None:
+    """Print the table; with ``json_path`` also write ``{"title", "machine", "rows", ...}``."""
+    print(format_table(title, rows), flush=True)
+    if json_path:
+        p = Path(json_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"title": title, "machine": machine(), "rows": rows, **(extra or {})}
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(p)
