@@ -1,0 +1,266 @@
+"""Read CT/MRI scans into one shape (RAS, float32, (x, y, z)) and write NIfTI volumes with real geometry.
+
+Pure NumPy/nibabel/SimpleITK; no Ray. Every problem a user can meet with a file is a ``ScanError`` whose message names
+the file and what is wrong with it, so the preprocessing pipeline can turn it into an error row and go on.
+
+Choices worth knowing:
+- 4D NIfTI (fMRI, perfusion series) is **refused** unless every extra axis has length 1 (then squeezed): taking the
+  first frame silently would put one arbitrary time point of a series into an anatomical training set.
+- Non-scalar voxel types (RGB24 structured dtypes, complex) are refused; 2D images are refused.
+- The voxel count in the header is checked against ``max_voxels`` before any voxel is read or allocated.
+- DICOM series (a folder) are read by ``crfgan.dicom``; ``.mha``/``.nrrd`` (anything SimpleITK reads) by SimpleITK.
+  SimpleITK's LPS geometry is converted to the RAS affine nibabel uses, so every format ends in the same frame.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+DEFAULT_MAX_VOXELS = 1_000_000_000
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ScanError(ValueError):
+    """A scan that cannot be used; ``path`` names the file, ``reason`` says what is wrong (and the fix if any)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class Scan:
+    array: np.ndarray  # (x, y, z) float32, RAS voxel order
+    spacing: np.ndarray  # (3,) mm along x, y, z
+    affine: np.ndarray  # (4, 4) voxel → RAS mm
+    name: str  # source path/URI the scan came from
+    modality: str = "unknown"  # ct | mri: a guess from metadata or intensities
+    meta: dict = field(default_factory=dict)  # original_shape, original_spacing, dtype, series_uid …
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+
+def guess_modality(array: np.ndarray, hint: str = "") -> str:
+    """CT when metadata says so or the intensities look like Hounsfield units (air near -1000), else MRI."""
+    hint = (hint or "").strip().upper()
+    if hint == "CT":
+        return "ct"
+    if hint in ("MR", "MRI"):
+        return "mri"
+    finite = array[np.isfinite(array)]
+    if finite.size and float(finite.min()) <= -500.0:
+        return "ct"
+    return "mri"
+
+
+def _check_shape(name: str, shape: tuple, max_voxels: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3 or (len(shape) >= 3 and min(shape[:3]) == 1 and sum(s > 1 for s in shape) < 3):
+        raise ScanError(name, f"is a 2D image (shape {shape}); a 3D volume is needed")
+    if len(shape) > 3:
+        if any(s != 1 for s in shape[3:]):
+            raise ScanError(
+                name,
+                f"is a {len(shape)}D series (shape {shape}); 4D inputs are refused, split it into 3D volumes first",
+            )
+        shape = shape[:3]
+    if min(shape) < 1:
+        raise ScanError(name, f"has an empty dimension (shape {shape})")
+    n = int(np.prod(np.array(shape, dtype=np.float64)))
+    if n > max_voxels:
+        raise ScanError(name, f"header claims {n:,} voxels (shape {shape}), above data.max_voxels={max_voxels:,}")
+    return shape
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ScanError(name, f"voxel type {dtype} is not a scalar intensity (RGB/complex volumes are refused)")
+
+
+def _nifti_class(head: bytes, name: str):
+    if len(head) < 4:
+        raise ScanError(name, "is too short to be a NIfTI file")
+    for order in ("<", ">"):
+        size = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+        if size == 348:
+            return nib.Nifti1Image
+        if size == 540:
+            return nib.Nifti2Image
+    raise ScanError(name, "is not a NIfTI file (bad header size field); is it corrupt or misnamed?")
+
+
+def _open_nifti_bytes(raw: bytes, name: str):
+    """A lazy image over in-memory bytes (gzipped or not): the header is parsed, no voxel is read yet."""
+    if raw[:2] == b"\x1f\x8b":
+        try:  # decompress only the first bytes to identify the header
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw[:4096], 1024)
+        except zlib.error as e:
+            raise ScanError(name, f"is not a valid gzip stream ({e})") from None
+        fileobj = gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb")
+    else:
+        head = raw[:4]
+        fileobj = io.BytesIO(raw)
+    klass = _nifti_class(head, name)
+    fh = nib.FileHolder(fileobj=fileobj)
+    return klass.from_file_map({"header": fh, "image": fh})
+
+
+def _read_nifti(img, name: str, max_voxels: int) -> Scan:
+    _check_dtype(name, img.get_data_dtype())
+    shape = _check_shape(name, img.shape, max_voxels)
+    original_spacing = [float(z) for z in img.header.get_zooms()[:3]]
+    original_shape = list(shape)
+    if len(img.shape) > 3:  # only singleton extra axes reach here
+        img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape), img.affine, img.header)
+    img = nib.as_closest_canonical(img)
+    try:
+        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    except (EOFError, zlib.error, OSError, ValueError) as e:
+        raise ScanError(name, f"voxel data cannot be read, the file is truncated or corrupt ({type(e).__name__}: {e})") from None
+    spacing = np.array([float(z) for z in img.header.get_zooms()[:3]])
+    if not np.all(spacing > 0):
+        raise ScanError(name, f"has non-positive voxel spacing {spacing.tolist()}")
+    meta = {
+        "original_shape": original_shape,
+        "original_spacing": original_spacing,
+        "dtype": str(img.get_data_dtype()),
+        "format": "nifti",
+    }
+    return Scan(arr, spacing, np.asarray(img.affine, dtype=np.float64), name, guess_modality(arr), meta)
+
+
+def scan_from_sitk(image, name: str, modality_hint: str = "", meta: dict | None = None) -> Scan:
+    """SimpleITK image (LPS, array (z, y, x)) → Scan (RAS, (x, y, z)) through nibabel's canonical reorientation."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanError(name, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; scalar volumes only")
+    if image.GetDimension() != 3:
+        raise ScanError(name, f"is {image.GetDimension()}D; a 3D volume is needed")
+    arr = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).astype(np.float32)  # (z,y,x) → (x,y,z)
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    img = nib.as_closest_canonical(nib.Nifti1Image(arr, _LPS_TO_RAS @ lps))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    meta = {"original_shape": list(image.GetSize()), "original_spacing": spacing.tolist(), "format": "itk", **(meta or {})}
+    zooms = np.array(img.header.get_zooms()[:3], dtype=np.float64)
+    return Scan(arr, zooms, np.asarray(img.affine), name, guess_modality(arr, modality_hint), meta)
+
+
+def _read_itk(path: str, name: str, max_voxels: int) -> Scan:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise ScanError(name, f"SimpleITK cannot read the header ({str(e).strip().splitlines()[-1][:200]})") from None
+    if reader.GetNumberOfComponents() != 1:
+        raise ScanError(name, f"has {reader.GetNumberOfComponents()} components per voxel; scalar volumes only")
+    _check_shape(name, reader.GetSize(), max_voxels)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise ScanError(name, f"voxel data cannot be read ({str(e).strip().splitlines()[-1][:200]})") from None
+    return scan_from_sitk(image, name)
+
+
+def load_scan(path_or_bytes, name: str | None = None, max_voxels: int = DEFAULT_MAX_VOXELS) -> Scan:
+    """Read one scan: a NIfTI/ITK file path, a DICOM series folder, or the bytes of a NIfTI/ITK file.
+
+    ``name`` is what error messages and ``Scan.name`` show (a URI for bytes read from S3); for bytes it also decides
+    the format by its suffix (NIfTI unless it ends in an ITK suffix). Raises ``ScanError`` for anything unusable.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        raw = bytes(path_or_bytes)
+        name = name or "<bytes>"
+        if not raw:
+            raise ScanError(name, "is empty (0 bytes)")
+        if name.lower().endswith(ITK_SUFFIXES):
+            with tempfile.TemporaryDirectory(prefix="crfgan-itk-") as d:
+                tmp = Path(d) / Path(name).name
+                tmp.write_bytes(raw)
+                return _read_itk(str(tmp), name, max_voxels)
+        return _read_nifti(_open_nifti_bytes(raw, name), name, max_voxels)
+    path = Path(path_or_bytes)
+    name = name or str(path)
+    if path.is_dir():
+        from crfgan.dicom import load_dicom_series
+
+        return load_dicom_series(path, name=name, max_voxels=max_voxels)
+    if not path.is_file():
+        raise ScanError(name, "does not exist")
+    if path.stat().st_size == 0:
+        raise ScanError(name, "is empty (0 bytes)")
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        return _read_itk(str(path), name, max_voxels)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
+        except zlib.error as e:
+            raise ScanError(name, f"is not a valid gzip stream ({e})") from None
+    _nifti_class(head, name)
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt headers
+        raise ScanError(name, f"nibabel cannot parse the header ({type(e).__name__}: {e})") from None
+    return _read_nifti(img, name, max_voxels)
+
+
+def affine_from_spacing(spacing_xyz) -> np.ndarray:
+    """RAS affine for a volume with the given voxel spacing, centred on the origin."""
+    aff = np.diag([*map(float, spacing_xyz), 1.0])
+    return aff
+
+
+def write_nifti(volume_zyx: np.ndarray, spacing, path, extra_header: dict | None = None, order: str = "zyx") -> Path:
+    """Write a (z, y, x) volume (the model's axis order) as NIfTI (x, y, z) RAS with a real affine.
+
+    ``spacing`` is given in the same order as ``order`` says (zyx by default; pass ``order="xyz"`` for x, y, z).
+    ``extra_header`` may set ``descrip`` (≤ 80 chars) and ``intent_name`` (≤ 16). The file is written to a
+    temporary name in the same folder and renamed into place: a reader sees the whole file or none.
+    """
+    vol = np.asarray(volume_zyx, dtype=np.float32)
+    assert vol.ndim == 3, f"write_nifti needs a 3D volume, got shape {vol.shape}"
+    sp = [float(s) for s in spacing]
+    assert len(sp) == 3 and all(s > 0 for s in sp), f"spacing must be 3 positive numbers, got {spacing}"
+    sp_xyz = sp[::-1] if order == "zyx" else sp
+    img = nib.Nifti1Image(vol.transpose(2, 1, 0), affine_from_spacing(sp_xyz))
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(img.affine, code=1)
+    for key, value in (extra_header or {}).items():
+        img.header[key] = str(value)[: 80 if key == "descrip" else 16]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz" if path.name.endswith(".gz") else ".nii",
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
