@@ -1,0 +1,157 @@
+"""Checkpoints without pickle: weights in safetensors, everything else in JSON.
+
+A checkpoint folder holds
+  ``weights.safetensors``    every network's state dict, keys prefixed ``<net>.`` (g., d., e., crf., …)
+  ``config.json``            the config tree that built the networks
+  ``optimizers.safetensors`` + ``optimizers.json``  optimizer tensors / their structure (for resume)
+  ``state.json``             iteration, RNG states, extra metadata
+A generator-only export (``save_generator``) holds ``generator.safetensors`` + ``config.json``.
+Loading uses ``safetensors.torch.load_file`` and ``json``: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config, config_from_dict
+from .generator import Generator
+from .models import Networks, Optimizers, build_networks
+
+GENERATOR_FILE = "generator.safetensors"
+
+
+def _atomic_dir(path: Path):
+    """Write into a temp folder beside ``path``; the caller renames it into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _contiguous(sd: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _flatten_optimizer(name: str, state: dict, tensors: dict) -> dict:
+    """Optimizer state_dict → JSON structure, with tensors moved into ``tensors`` under unique keys."""
+
+    def walk(obj, key):
+        if isinstance(obj, torch.Tensor):
+            tensors[key] = obj.detach().contiguous().cpu()
+            return {"__tensor__": key}
+        if isinstance(obj, dict):
+            return {"__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+        if isinstance(obj, (list, tuple)):
+            return {"__list__": [walk(v, f"{key}.{i}") for i, v in enumerate(obj)], "tuple": isinstance(obj, tuple)}
+        return obj
+
+    return walk(state, f"opt.{name}")
+
+
+def _unflatten(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [_unflatten(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj.get("tuple") else items
+    return obj
+
+
+def rng_state() -> dict:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    t = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(t))
+    if "cuda" in state and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy()), i)
+
+
+def save_checkpoint(path: str | Path, cfg: Config, nets: Networks, opts: Optimizers | None, iteration: int,
+                    extra: dict | None = None) -> Path:
+    """Write a complete training checkpoint folder atomically."""
+    path = Path(path)
+    tmp = _atomic_dir(path)
+    weights = {}
+    for name, module in nets.items():
+        for k, v in _contiguous(getattr(module, "module", module).state_dict()).items():
+            weights[f"{name}.{k}"] = v
+    save_file(weights, tmp / "weights.safetensors")
+    if opts is not None:
+        tensors: dict = {}
+        structure = {k: _flatten_optimizer(k, o.state_dict(), tensors) for k, o in opts.opts.items()}
+        save_file(tensors, tmp / "optimizers.safetensors")
+        (tmp / "optimizers.json").write_text(json.dumps(structure))
+    (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    state = {"iteration": iteration, "rng": rng_state(), **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    _publish(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", nets: Networks | None = None,
+                    opts: Optimizers | None = None) -> tuple[Config, Networks, dict]:
+    """Load a checkpoint folder into ``nets``/``opts`` (built from its config when not given)."""
+    path = Path(path)
+    cfg = config_from_dict(json.loads((path / "config.json").read_text()))
+    nets = nets or build_networks(cfg)
+    weights = load_file(str(path / "weights.safetensors"), device=str(device))
+    for name, module in nets.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        getattr(module, "module", module).load_state_dict(sd)
+    if opts is not None and (path / "optimizers.json").exists():
+        tensors = load_file(str(path / "optimizers.safetensors"), device=str(device))
+        structure = json.loads((path / "optimizers.json").read_text())
+        opts.load_state_dict({k: _unflatten(v, tensors) for k, v in structure.items()})
+    state = json.loads((path / "state.json").read_text())
+    return cfg, nets, state
+
+
+def save_generator(path: str | Path, cfg: Config, g: Generator, metadata: dict | None = None) -> Path:
+    """Export only the generator (what synthesis needs): ``generator.safetensors`` + ``config.json``."""
+    path = Path(path)
+    tmp = _atomic_dir(path)
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    save_file(_contiguous(getattr(g, "module", g).state_dict()), tmp / GENERATOR_FILE, metadata=meta)
+    (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    _publish(tmp, path)
+    return path
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """A generator ready for ``render(z)`` from a generator export or a full training checkpoint."""
+    path = Path(path)
+    cfg = config_from_dict(json.loads((path / "config.json").read_text()))
+    g = Generator(cfg.model)
+    if (path / GENERATOR_FILE).exists():
+        sd = load_file(str(path / GENERATOR_FILE), device=str(device))
+    elif (path / "weights.safetensors").exists():
+        sd = {k[2:]: v for k, v in load_file(str(path / "weights.safetensors"), device=str(device)).items()
+              if k.startswith("g.")}
+    else:
+        raise FileNotFoundError(f"{path}: no {GENERATOR_FILE} or weights.safetensors (not a crfgan checkpoint)")
+    g.load_state_dict(sd)
+    g.config = cfg
+    return g.to(device).eval()

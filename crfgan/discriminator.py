@@ -1,0 +1,51 @@
+"""D^H: the spectral-norm sub-volume discriminator with the sub-volume's depth position as an extra input.
+
+Reference: HA-GAN / CRF-GAN ``Discriminator`` (D^H part). The input slab (B, 1, S/8, S, S) is brought to
+(B, C/8, 4, 32, 32) by stride-2 k4 convs (none at 32³, one at 64³, two at 128³, three at 256³), then the
+reference's fixed tail: two (2,4,4) convs, two (1,4,4) convs, fc(C/4+1 → C/8) with the position, fc → 1 logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import log2_int, lrelu, sn_conv3d, sn_linear
+
+
+class SlabDiscriminator(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = cfg.d_channels
+        n_stem = log2_int(cfg.image_size // 32, "image size / 32")
+        widths = [ch // 8 // 2 ** (n_stem - 1 - i) for i in range(n_stem)]  # …, C/32, C/16, C/8
+        assert all(w >= 1 for w in widths), f"d_channels {ch} too small for image size {cfg.image_size}"
+        self.stem = nn.ModuleList()
+        cin = 1
+        for w in widths:
+            self.stem.append(sn_conv3d(cin, w, kernel_size=4, stride=2, padding=1))
+            cin = w
+        self.tail = nn.ModuleList(
+            [
+                sn_conv3d(cin, ch // 4, kernel_size=(2, 4, 4), stride=2, padding=(0, 1, 1)),  # (2, 16, 16)
+                sn_conv3d(ch // 4, ch // 2, kernel_size=(2, 4, 4), stride=2, padding=(0, 1, 1)),  # (1, 8, 8)
+                sn_conv3d(ch // 2, ch, kernel_size=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1)),  # (1, 4, 4)
+                sn_conv3d(ch, ch // 4, kernel_size=(1, 4, 4), stride=1, padding=0),  # (1, 1, 1)
+            ]
+        )
+        self.fc1 = sn_linear(ch // 4 + 1, ch // 8)
+        self.fc2 = sn_linear(ch // 8, 1)
+        self.max_position = cfg.image_size - cfg.slab_depth  # reference: S·7/8
+
+    def forward(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        """x (B, 1, S/8, S, S), ``position`` = first axial slice of the sub-volume → logit (B, 1)."""
+        h = x
+        for conv in self.stem:
+            h = lrelu(conv(h))
+        for conv in self.tail:
+            h = lrelu(conv(h))
+        h = h.flatten(1)  # (B, C/4)
+        pos = torch.full((h.shape[0], 1), position / self.max_position, dtype=h.dtype, device=h.device)
+        h = lrelu(self.fc1(torch.cat([h, pos], dim=1)))
+        return self.fc2(h)

@@ -1,0 +1,140 @@
+"""CRF-GAN / HA-GAN generator: G^A (embedding generator) and G^H (slab renderer).
+
+Follows the reference code (mahshid1998/CRF-GAN ``models/CRF_GAN_{64,128,256}.py``, itself HA-GAN's
+``Generator``) with widths from the config, so ``base_channels=32`` reproduces its parameters exactly.
+
+    z (B, L) ─G^A─► A (B, Ce, E, E, E)      E = S/4 (or S/8), Ce = 2c
+    A[:, :, k:k+e] ─G^H─► x (B, 1, S/8, S, S)   e = embedding slices per sub-volume
+
+One difference from the reference: sub-volume positions are whole embedding slices, so the rendered
+sub-volume and the real one cover exactly the same axial slices (the reference's ``crop_idx // 4`` could be
+off by up to 3 slices).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+from .layers import group_norm, log2_int, up2
+
+
+class EmbeddingGenerator(nn.Module):
+    """G^A: z → A, the mid-level embedding of the whole volume.
+
+    Linear → 16c×4³, then five Conv3d(k3)+GroupNorm+ReLU blocks with widths 16c,16c,8c,4c,2c→Ce; nearest ×2
+    upsampling before as many blocks as needed to reach E (before blocks 2..4 at 128³, 2..5 at 256³).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, e = cfg.base_channels, cfg.emb_size
+        self.base = 16 * c
+        self.fc = nn.Linear(cfg.latent_dim, 4 * 4 * 4 * self.base)
+        widths = [16 * c, 16 * c, 8 * c, 4 * c, cfg.emb_channels]
+        n_up = log2_int(e // 4, "embedding size / 4")
+        assert n_up <= 5, f"embedding size {e} needs {n_up} upsamplings; at most 5 are supported"
+        # Upsample before blocks 1..n_up (1-based, skipping block 0) as in the reference; a 5th goes before block 0.
+        self.up_before = [i in range(1, n_up + 1) for i in range(5)] if n_up <= 4 else [True] * 5
+        cin = self.base
+        self.blocks = nn.ModuleList()
+        for w in widths:
+            self.blocks.append(nn.Sequential(nn.Conv3d(cin, w, 3, padding=1), group_norm(w), nn.ReLU()))
+            cin = w
+        self.activation_checkpointing = cfg.activation_checkpointing
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.base, 4, 4, 4)  # (B, 16c, 4, 4, 4)
+        for up, block in zip(self.up_before, self.blocks):
+            if up:
+                h = up2(h)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
+        return h  # (B, Ce, E, E, E)
+
+
+class SlabRenderer(nn.Module):
+    """G^H: a depth slab of A → the sub-volume at full resolution.
+
+    log2(S/E) stages of ×2 nearest upsampling + Conv3d(k3); every stage but the last has GroupNorm + ReLU, the
+    last maps to one channel with tanh. At E = S/4: Ce→c→1 (the reference's tp_conv6/tp_conv7).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n = log2_int(cfg.image_size // cfg.emb_size, "image size / embedding size")
+        widths = [max(cfg.base_channels // 2**i, 4) for i in range(n - 1)] + [1]
+        cin = cfg.emb_channels
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, w in enumerate(widths):
+            self.convs.append(nn.Conv3d(cin, w, 3, padding=1))
+            if i < n - 1:
+                self.norms.append(group_norm(w))
+            cin = w
+
+    def forward(self, a: torch.Tensor, norm_stats: list | None = None) -> torch.Tensor:
+        """Render ``a`` (B, Ce, e, E, E) → (B, 1, e·S/E, S, S).
+
+        ``norm_stats``: optional per-GroupNorm ``(mean, var)`` of shape (B, groups) to use instead of the
+        statistics of this input (the tiled renderer passes whole-volume statistics).
+        """
+        h = a
+        for i, conv in enumerate(self.convs):
+            h = conv(up2(h))
+            if i < len(self.norms):
+                stats = norm_stats[i] if norm_stats is not None else None
+                h = F.relu(apply_group_norm(self.norms[i], h, stats))
+        return torch.tanh(h)
+
+
+def apply_group_norm(gn: nn.GroupNorm, h: torch.Tensor, stats=None) -> torch.Tensor:
+    """GroupNorm with its own statistics, or with given ``(mean, var)`` per (batch, group)."""
+    if stats is None:
+        return gn(h)
+    mean, var = stats  # (B, G)
+    b, c = h.shape[:2]
+    g = gn.num_groups
+    hg = h.reshape(b, g, -1)
+    hg = (hg - mean[:, :, None].to(h.dtype)) * torch.rsqrt(var[:, :, None].to(h.dtype) + gn.eps)
+    h = hg.reshape(h.shape)
+    shape = (1, c) + (1,) * (h.dim() - 2)
+    return h * gn.weight.view(shape) + gn.bias.view(shape)
+
+
+class Generator(nn.Module):
+    """G = (G^A, G^H). ``forward(z, slab_index)`` renders one sub-volume during training."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = EmbeddingGenerator(cfg)
+        self.renderer = SlabRenderer(cfg)
+
+    @property
+    def num_starts(self) -> int:
+        """Valid sub-volume starts, in embedding slices: 0 … E − e."""
+        return self.cfg.emb_size - self.cfg.emb_slab_depth + 1
+
+    def slab_of(self, a: torch.Tensor, start: int) -> torch.Tensor:
+        e = self.cfg.emb_slab_depth
+        assert 0 <= start and start + e <= a.shape[2], f"sub-volume start {start} + {e} outside A of depth {a.shape[2]}"
+        return a[:, :, start : start + e]  # (B, Ce, e, E, E)
+
+    def forward(self, z: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, L) → (sub-volume (B, 1, S/8, S, S) whose first axial slice is start·S/E, A (B, Ce, E, E, E))."""
+        a = self.embedding(z)
+        return self.renderer(self.slab_of(a, start)), a
+
+    @torch.no_grad()
+    def render(self, z: torch.Tensor, tiled: bool = True, **tile_kwargs) -> torch.Tensor:
+        """z (B, L) → whole volume (B, 1, S, S, S) in [-1, 1]; see ``crfgan.render``."""
+        from .render import render_one_pass, render_tiled
+
+        a = self.embedding(z)
+        return render_tiled(self.renderer, a, **tile_kwargs) if tiled else render_one_pass(self.renderer, a)
