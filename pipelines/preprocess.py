@@ -1,0 +1,268 @@
+"""``crfgan preprocess``: CT/MRI collections → Parquet volume shards + manifest + errors table, on Ray Data.
+
+    crfgan preprocess --input URI [--input URI …] --output URI --config NAME_OR_PATH [key=value …]
+
+Stages (the pure work is ``crfgan.io.load_scan`` → ``crfgan.volume.prepare`` → ``crfgan.volume.low_res``):
+1. Driver: ``pipelines.sources.discover`` lists paths and sizes (no contents) and forms units (file, DICOM folder,
+   archive).
+2. Ray Data ``map`` over units (one task per block, blocks of a few units): each task stages its unit (S3 download,
+   safe archive extraction, DICOM series split), prepares every volume and writes one staging Parquet file per unit
+   atomically; only small JSON metadata comes back to the driver. Any exception becomes an error row
+   (source_uri, stage, reason) and the run goes on; a block whose worker dies is skipped
+   (``DataContext.max_errored_blocks``) and its units become error rows with stage ``worker``.
+3. Driver plans shards (per split, sorted by volume id, cut at ``data.shard_target_mb``); Ray Data ``map`` writes
+   each shard atomically from the staging files; then ``errors.parquet`` and ``manifest.json`` (last).
+
+Rerun with the same config over the same inputs: units with a staging file are not processed again, shards whose
+planned content is unchanged are not rewritten, so the output is the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import pyarrow.parquet as pq
+
+import crfgan
+from crfgan.config import ConfigError, config_from_dict, load_config
+from crfgan.dicom import list_series, load_dicom_series
+from crfgan.io import ScanError, load_scan
+from crfgan.shards import (ERRORS, SHARD_DIR, STAGING_DIR, exists, filesystem, join, plan_shards, read_manifest,
+                           rows_to_table, split_for, volume_id, write_errors, write_manifest, write_shard,
+                           write_table_atomic)
+from crfgan.volume import low_res, prepare
+from pipelines import sources
+
+
+# ---------------------------------------------------------------------------------------------------- worker side
+def _dicom_volumes(folder: str, name: str, max_voxels: int):
+    series = list_series(folder)
+    if not series:
+        yield name, lambda: (_ for _ in ()).throw(ScanError(name, "contains no readable DICOM series"))
+    for uid in sorted(series):
+        label = name if len(series) == 1 else f"{name}#series={uid or '<empty>'}"
+        yield label, functools.partial(load_dicom_series, folder, uid, label, max_voxels)
+
+
+def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int):
+    """Yield (source_uri, loader) for every volume in a unit; loaders raise ScanError for bad volumes."""
+    uri, kind = unit["uri"], unit["kind"]
+    if kind == "file":
+        if uri.startswith("s3://"):
+            yield uri, lambda: load_scan(sources.read_bytes(uri, endpoint), name=uri, max_voxels=max_voxels)
+        else:
+            yield uri, functools.partial(load_scan, uri, uri, max_voxels)
+    elif kind == "dicom":
+        folder = uri
+        if uri.startswith("s3://"):
+            folder = os.path.join(tmp, "dicom")
+            for f in unit["files"]:
+                sources.stage(f, folder, endpoint)
+        yield from _dicom_volumes(folder, uri, max_voxels)
+    else:  # archive: refused as a whole when any member is unsafe (raises UnsafeArchive → stage "extract")
+        local = sources.stage(uri, os.path.join(tmp, "download"), endpoint)
+        root = os.path.join(tmp, "extract")
+        files = sources.safe_extract(local, root)
+        listing = [(f, os.path.getsize(f)) for f in sorted(files)]
+        for inner in sources._units_from_listing(listing, ""):
+            name = f"{uri}!/{os.path.relpath(inner['uri'], root)}"
+            if inner["kind"] == "file":
+                yield name, functools.partial(load_scan, inner["uri"], name, max_voxels)
+            elif inner["kind"] == "dicom":
+                yield from _dicom_volumes(inner["uri"], name, max_voxels)
+            else:
+                yield name, lambda n=name: (_ for _ in ()).throw(ScanError(n, "nested archives are not unpacked"))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ScanError):
+        return e.reason
+    return f"{type(e).__name__}: {e}"
+
+
+def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
+    """Prepare every volume of one unit into ``_staging/<key>.parquet``; returns small JSON-able metadata."""
+    fs, root = filesystem(out_uri, endpoint)
+    key = sources.unit_key(unit, cfg.hash())
+    staging = join(root, STAGING_DIR, f"{key}.parquet")
+    if exists(fs, staging):
+        meta = pq.ParquetFile(staging, filesystem=fs).schema_arrow.metadata or {}
+        done = json.loads(meta[b"crfgan.result"])
+        return {**done, "staging": staging, "skipped": True}
+    rows, metas, errors = [], [], []
+    s = cfg.model.image_size
+    with tempfile.TemporaryDirectory(prefix="crfgan-pre-") as tmp:
+        try:
+            for name, loader in _volumes_of(unit, tmp, endpoint, cfg.data.max_voxels):
+                stage = "read"
+                try:
+                    scan = loader()
+                    stage = "prepare"
+                    vol, spacing = prepare(scan, cfg)  # (S, S, S) z, y, x in [-1, 1]
+                    modality = cfg.data.modality if cfg.data.modality != "auto" else scan.modality
+                    vid = volume_id(name)
+                    row = {"volume_id": vid, "source_uri": name, "modality": modality,
+                           "split": split_for(vid, cfg.data.val_fraction), "volume": vol, "low_res": low_res(vol),
+                           "spacing": list(spacing), "original_shape": [int(v) for v in scan.meta["original_shape"]],
+                           "original_spacing": [float(v) for v in scan.meta["original_spacing"]], "image_size": s,
+                           "slab_depth": cfg.model.slab_depth, "num_slabs": s // cfg.model.slab_depth,
+                           "config_hash": cfg.hash()}
+                    rows.append(row)
+                    metas.append({"volume_id": vid, "source_uri": name, "split": row["split"], "modality": modality,
+                                  "spacing": row["spacing"], "original_shape": row["original_shape"],
+                                  "nbytes": int(vol.size * 2 + row["low_res"].size * 2), "row": len(rows) - 1})
+                except Exception as e:  # one bad volume never stops the unit
+                    errors.append({"source_uri": name, "stage": stage, "reason": _reason(e)})
+        except sources.UnsafeArchive as e:
+            errors.append({"source_uri": unit["uri"], "stage": "extract", "reason": f"archive refused: {e}"})
+        except Exception as e:  # staging / listing failed (network, permissions): retried on the next run
+            errors.append({"source_uri": unit["uri"], "stage": "fetch", "reason": _reason(e)})
+    result = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": metas, "errors": errors}
+    table = rows_to_table(rows, s)
+    if not any(e["stage"] == "fetch" for e in errors):
+        table = table.replace_schema_metadata({"crfgan.result": json.dumps(result)})
+        write_table_atomic(fs, staging, table)
+    return {**result, "staging": staging, "skipped": False}
+
+
+def _map_unit(row: dict, cfg_dict: dict, out_uri: str, endpoint: str) -> dict:
+    unit = json.loads(row["unit"])
+    try:
+        res = process_unit(unit, config_from_dict(cfg_dict), out_uri, endpoint)
+    except Exception as e:  # writing the staging file failed: report it, keep the run going
+        res = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": [], "skipped": False, "staging": "",
+               "errors": [{"source_uri": unit["uri"], "stage": "write", "reason": _reason(e)}]}
+        traceback.print_exc()
+    return {"result": json.dumps(res)}
+
+
+def _map_shard(row: dict, out_uri: str, endpoint: str) -> dict:
+    fs, root = filesystem(out_uri, endpoint)
+    return {"shard": json.dumps(write_shard(fs, root, json.loads(row["plan"])))}
+
+
+# ---------------------------------------------------------------------------------------------------- driver side
+def ensure_ray():
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            ray.init(include_dashboard=False)
+    return ray
+
+
+def run(inputs: list[str], output: str, cfg, blocks_per_unit: int = 1) -> dict:
+    """The pipeline without argument parsing; returns the manifest dict."""
+    ray = ensure_ray()
+    t0 = time.time()
+    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    units = sources.discover(inputs, endpoint)
+    if not units:
+        raise FileNotFoundError(f"no scans found in {inputs}")
+    fs, root = filesystem(output, endpoint)
+    ctx = ray.data.DataContext.get_current()
+    n_blocks = min(len(units), 1000)
+    ctx.max_errored_blocks = n_blocks  # a crashed block becomes error rows below instead of failing the run
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=n_blocks)
+    fn = functools.partial(_map_unit, cfg_dict=cfg.to_dict(), out_uri=output, endpoint=endpoint)
+    results = [json.loads(r["result"]) for r in ds.map(fn).iter_rows()]
+
+    seen = {r["unit"] for r in results}
+    errors = [e for r in results for e in r["errors"]]
+    errors += [{"source_uri": u["uri"], "stage": "worker", "reason": "the Ray task processing it failed"}
+               for u in units if u["uri"] not in seen]
+    metas = [{**m, "staging": r["staging"]} for r in results for m in r["volumes"]]
+    plans = plan_shards(metas, cfg.data.shard_target_mb)
+
+    try:
+        old = {s["path"]: s for s in read_manifest(output, endpoint)["shards"]} \
+            if read_manifest(output, endpoint).get("config_hash") == cfg.hash() else {}
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        old = {}
+    shards, todo = [], []
+    for p in plans:
+        prev = old.get(p["name"])
+        if prev and prev["volume_ids"] == p["volume_ids"] and exists(fs, join(root, p["name"])):
+            shards.append(prev)
+        else:
+            todo.append(p)
+    if todo:
+        sds = ray.data.from_items([{"plan": json.dumps(p)} for p in todo], override_num_blocks=len(todo))
+        sfn = functools.partial(_map_shard, out_uri=output, endpoint=endpoint)
+        shards += [json.loads(r["shard"]) for r in sds.map(sfn).iter_rows()]
+    shards.sort(key=lambda s: s["path"])
+    write_errors(fs, root, errors)
+
+    counts: dict = {"split": {}, "modality": {}}
+    for m in metas:
+        counts["split"][m["split"]] = counts["split"].get(m["split"], 0) + 1
+        counts["modality"][m["modality"]] = counts["modality"].get(m["modality"], 0) + 1
+    spacings = [m["spacing"] for m in metas]
+    s = cfg.model.image_size
+    manifest = {
+        "volumes_ok": len(metas), "volumes_failed": len(errors), "inputs": len(units),
+        "units_skipped": sum(r["skipped"] for r in results),
+        "errors_path": join(output.rstrip("/"), ERRORS), "shards": shards, "config_hash": cfg.hash(),
+        "config": cfg.to_dict(), "package_version": crfgan.__version__, "counts": counts,
+        "volume_shape": [s, s, s], "low_res_shape": [s // 4] * 3, "axis_order": "zyx", "dtype": "float16",
+        "image_size": s, "slab_depth": cfg.model.slab_depth,
+        "spacing_mm": {"min": [min(v[i] for v in spacings) for i in range(3)] if spacings else None,
+                       "max": [max(v[i] for v in spacings) for i in range(3)] if spacings else None},
+        "bytes_in": sum(u["size"] for u in units), "bytes_out": sum(sh["bytes"] for sh in shards),
+        "elapsed_s": round(time.time() - t0, 3),
+    }
+    write_manifest(fs, root, manifest)
+    if isinstance(fs, type(filesystem("/")[0])):  # drop stale local shards from older plans with this output
+        keep = {sh["path"] for sh in shards}
+        shard_dir = join(root, SHARD_DIR)
+        for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
+            if f"{SHARD_DIR}/{name}" not in keep and name.endswith(".parquet"):
+                os.unlink(join(shard_dir, name))
+    return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", required=True, metavar="URI",
+                        help="folder, glob, file, zip/tar archive or s3://bucket/prefix; repeatable")
+    parser.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
+    parser.add_argument("--config", default=None, metavar="NAME_OR_PATH", help="preset name or YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"preprocess: {e}", file=sys.stderr)
+        return 2
+    try:
+        m = run(args.input, args.output, cfg)
+    except FileNotFoundError as e:
+        print(f"preprocess: {e}", file=sys.stderr)
+        return 2
+    total = m["volumes_ok"] + m["volumes_failed"]
+    frac = m["volumes_failed"] / max(1, total)
+    print(f"preprocess: {m['volumes_ok']} volumes in {len(m['shards'])} shards ({m['counts']['split']}), "
+          f"{m['volumes_failed']} failed, {m['elapsed_s']:.1f}s → {args.output}")
+    if frac > cfg.data.max_error_fraction:
+        print(f"preprocess: {m['volumes_failed']} of {total} inputs failed ({frac:.0%} > data.max_error_fraction="
+              f"{cfg.data.max_error_fraction:.0%}); see the errors table at {m['errors_path']}", file=sys.stderr)
+        return 1
+    if m["volumes_failed"]:
+        print(f"preprocess: errors table at {m['errors_path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="crfgan preprocess")
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))

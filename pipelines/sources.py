@@ -1,0 +1,210 @@
+"""Input discovery and staging for ``crfgan preprocess``: local folders, globs, ``s3://`` prefixes, zip/tar archives.
+
+Discovery lists **paths and sizes only** (never file contents) and turns them into *units* — one NIfTI/ITK file, one
+folder of DICOM files (split into series later, by SeriesInstanceUID, inside the worker that stages the folder), or
+one archive. Reading happens in Ray tasks (``pipelines/preprocess.py``).
+
+Archives are extracted by ``safe_extract``: every member is checked first, and the whole archive is refused when
+any member has an absolute path, a ``..`` component, or is a link that points outside the extraction folder; regular
+files are then written by our own code under the target folder only (never ``extractall``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+from crfgan.io import ITK_SUFFIXES, NIFTI_SUFFIXES
+from crfgan.shards import filesystem
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+MAX_EXTRACT_BYTES = 64 * 2**30  # refuse archives that would unpack to more than this (zip bombs)
+
+
+class UnsafeArchive(ValueError):
+    pass
+
+
+def kind_of(name: str) -> str | None:
+    """file | dicom | archive | None (ignored: READMEs, JSON sidecars …)."""
+    low = name.lower()
+    base = posixpath.basename(low)
+    if low.endswith(NIFTI_SUFFIXES) or low.endswith(ITK_SUFFIXES):
+        return "file"
+    if low.endswith(ARCHIVE_SUFFIXES):
+        return "archive"
+    suffix = posixpath.splitext(base)[1]
+    if low.endswith(DICOM_SUFFIXES) or suffix == "" or suffix[1:].isdigit():  # CT.1.2.840….16573, IM0001
+        return "dicom" if not base.startswith(".") else None
+    return None
+
+
+def _units_from_listing(files: list[tuple[str, int]], scheme: str) -> list[dict]:
+    """[(path, size)] → units; DICOM files are grouped by their folder (series split happens when staged)."""
+    units, dicom_dirs = [], {}
+    for path, size in files:
+        k = kind_of(path)
+        if k in ("file", "archive"):
+            units.append({"uri": scheme + path, "kind": k, "size": int(size), "files": []})
+        elif k == "dicom":
+            dicom_dirs.setdefault(posixpath.dirname(path), []).append((path, size))
+    for d, members in dicom_dirs.items():
+        members.sort()
+        units.append({"uri": scheme + d, "kind": "dicom", "size": int(sum(s for _, s in members)),
+                      "files": [scheme + p for p, _ in members]})
+    return sorted(units, key=lambda u: u["uri"])
+
+
+def _list_local(pattern: str) -> list[tuple[str, int]]:
+    paths = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+    if not paths or not any(os.path.exists(p) for p in paths):
+        raise FileNotFoundError(f"input {pattern!r} matches no file or folder")
+    out = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if os.path.isdir(p):
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                out += [(os.path.join(root, n), os.path.getsize(os.path.join(root, n))) for n in sorted(names)
+                        if os.path.isfile(os.path.join(root, n))]
+        elif os.path.isfile(p):
+            out.append((p, os.path.getsize(p)))
+    return out
+
+
+def _list_s3(uri: str, endpoint: str) -> list[tuple[str, int]]:
+    fs, path = filesystem(uri, endpoint)
+    magic = glob.has_magic(path)
+    base = path
+    if magic:  # list the longest prefix without wildcards, then match
+        parts = path.split("/")
+        i = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+        base = "/".join(parts[:i])
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        entries = [info]
+    else:
+        entries = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    out = [(e.path, e.size or 0) for e in entries if e.type == pafs.FileType.File]
+    if magic:
+        out = [(p, s) for p, s in out if fnmatch.fnmatch(p, path) or fnmatch.fnmatch(posixpath.dirname(p), path)]
+    if not out:
+        raise FileNotFoundError(f"input {uri!r} matches no object")
+    return out
+
+
+def discover(inputs: list[str], endpoint: str = "") -> list[dict]:
+    """Units for every input URI (local path/glob or ``s3://bucket/prefix[glob]``), sorted and de-duplicated."""
+    units = {}
+    for uri in inputs:
+        if uri.startswith("s3://"):
+            listing, scheme = _list_s3(uri, endpoint), "s3://"
+        else:
+            listing, scheme = _list_local(uri), ""
+        for u in _units_from_listing(listing, scheme):
+            units[u["uri"]] = u
+    return [units[k] for k in sorted(units)]
+
+
+def unit_key(unit: dict, config_hash: str) -> str:
+    """Identifies a finished unit: same input (URI, size, file list) and same config → same key."""
+    blob = "|".join([unit["uri"], str(unit["size"]), str(len(unit["files"])), config_hash])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------------- staging
+def stage(uri: str, dest_dir: str, endpoint: str = "") -> str:
+    """A local path for ``uri``: local files are used in place, S3 objects are streamed into ``dest_dir``."""
+    if not uri.startswith("s3://"):
+        return uri
+    fs, path = filesystem(uri, endpoint)
+    os.makedirs(dest_dir, exist_ok=True)
+    local = os.path.join(dest_dir, posixpath.basename(path))
+    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=8 * 2**20)
+    return local
+
+
+def read_bytes(uri: str, endpoint: str = "") -> bytes:
+    fs, path = filesystem(uri, endpoint)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _check_member(name: str) -> PurePosixPath:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(f"member {name!r} has an absolute path")
+    if ".." in p.parts:
+        raise UnsafeArchive(f"member {name!r} points outside the extraction folder ('..')")
+    return p
+
+
+def _inside(base: Path, target: Path) -> bool:
+    base, target = base.resolve(), target.resolve()
+    return target == base or base in target.parents
+
+
+def safe_extract(archive: str, dest: str) -> list[str]:
+    """Extract a zip/tar/tar.gz into ``dest``, refusing the whole archive on any unsafe member; returns files."""
+    dest_p = Path(dest)
+    dest_p.mkdir(parents=True, exist_ok=True)
+    written = []
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            infos = z.infolist()
+            for i in infos:
+                _check_member(i.filename)
+                if stat.S_ISLNK(i.external_attr >> 16):
+                    raise UnsafeArchive(f"member {i.filename!r} is a symbolic link; links are refused in zip archives")
+            if sum(i.file_size for i in infos) > MAX_EXTRACT_BYTES:
+                raise UnsafeArchive(f"archive would unpack to more than {MAX_EXTRACT_BYTES / 2**30:.0f} GiB")
+            for i in infos:
+                if i.is_dir():
+                    continue
+                target = dest_p / _check_member(i.filename)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not _inside(dest_p, target):
+                    raise UnsafeArchive(f"member {i.filename!r} resolves outside the extraction folder")
+                with z.open(i) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                written.append(str(target))
+        return written
+    try:
+        tf = tarfile.open(archive, "r:*")
+    except tarfile.TarError as e:
+        raise UnsafeArchive(f"is not a readable zip or tar archive ({e})") from None
+    with tf:
+        members = tf.getmembers()
+        for m in members:
+            p = _check_member(m.name)
+            if m.issym() or m.islnk():
+                link = PurePosixPath(m.linkname)
+                resolved = posixpath.normpath(str(p.parent / link)) if m.issym() else posixpath.normpath(m.linkname)
+                if link.is_absolute() or resolved.startswith(".."):
+                    raise UnsafeArchive(f"member {m.name!r} links outside the extraction folder ({m.linkname!r})")
+        if sum(m.size for m in members if m.isfile()) > MAX_EXTRACT_BYTES:
+            raise UnsafeArchive(f"archive would unpack to more than {MAX_EXTRACT_BYTES / 2**30:.0f} GiB")
+        for m in members:
+            if not m.isfile():  # directories are created on demand; links, devices, fifos are not extracted
+                continue
+            target = dest_p / _check_member(m.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not _inside(dest_p, target):
+                raise UnsafeArchive(f"member {m.name!r} resolves outside the extraction folder")
+            src = tf.extractfile(m)
+            with src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            written.append(str(target))
+    return written
