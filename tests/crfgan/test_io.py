@@ -1,0 +1,169 @@
+"""crfgan.io / crfgan.dicom on the real scans in ../shared/data and on generated bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from crfgan.dicom import list_series, load_dicom_series
+from crfgan.io import ScanError, load_scan, write_nifti
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real scans not found at {DATA}")
+CT = DATA / "ct" / "example_ct.nii.gz"
+FLAIR = DATA / "mri" / "FLAIR.nii.gz"
+DICOM = DATA / "ct" / "example_ct_dicom"
+RGB = DATA / "bad" / "ct_perfusion_rgb.nii.gz"
+
+
+def copy_series_with_uid(src: Path, dst: Path, uid: str, skip: set[int] = frozenset()) -> None:
+    """Rewrite a DICOM series with a new SeriesInstanceUID (SimpleITK, keeping geometry and modality tags)."""
+    import SimpleITK as sitk
+
+    dst.mkdir(parents=True, exist_ok=True)
+    keep = ("0008|0060", "0020|0032", "0020|0037", "0028|0030", "0018|0050", "0020|0013")
+    for i, f in enumerate(sorted(src.iterdir())):
+        if i in skip:
+            continue
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(f))
+        img = r.Execute()
+        for k in list(img.GetMetaDataKeys()):
+            if k not in keep:
+                img.EraseMetaData(k)
+        img.SetMetaData("0020|000e", uid)
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(dst / f"{uid}-{i:03d}.dcm"))
+        w.Execute(img)
+
+
+def make_bad_inputs(d: Path) -> dict[str, Path]:
+    """Every bad input of issue 3 that fits in a file, generated under ``d``; values are paths."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = {"zero": d / "zero.nii.gz", "truncated": d / "truncated.nii.gz", "random": d / "random.nii.gz",
+           "flat2d": d / "flat2d.nii.gz", "series4d": d / "series4d.nii.gz", "huge": d / "huge.nii",
+           "nan": d / "mostly_nan.nii.gz"}
+    out["zero"].write_bytes(b"")
+    raw = CT.read_bytes()
+    out["truncated"].write_bytes(raw[: len(raw) // 2])
+    out["random"].write_bytes(rng.bytes(5000))
+    nib.save(nib.Nifti1Image(rng.normal(size=(20, 20)).astype(np.float32), np.eye(4)), out["flat2d"])
+    nib.save(nib.Nifti1Image(rng.normal(size=(10, 10, 10, 3)).astype(np.float32), np.eye(4)), out["series4d"])
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 1024))  # 1.07e9 voxels: above data.max_voxels = 1e9
+    hdr.set_data_dtype(np.int16)
+    with open(out["huge"], "wb") as f:
+        hdr.write_to(f)
+        f.write(b"\0" * 1024)
+    v = rng.normal(size=(16, 16, 16)).astype(np.float32)
+    v[:8] = np.nan  # half the voxels
+    nib.save(nib.Nifti1Image(v, np.eye(4)), out["nan"])
+    if RGB.exists():
+        shutil.copy(RGB, d / RGB.name)
+        out["rgb"] = d / RGB.name
+    return out
+
+
+@needs_data
+def test_real_ct_nifti_is_ras_float32():
+    s = load_scan(CT)
+    assert s.shape == (122, 101, 112) and s.array.dtype == np.float32
+    assert np.allclose(s.spacing, 3.0) and s.modality == "ct"
+    assert nib.aff2axcodes(s.affine) == ("R", "A", "S")
+    assert s.array.min() <= -1000 and s.meta["original_shape"] == [122, 101, 112]
+
+
+@needs_data
+def test_bytes_equal_path_and_mri_guess():
+    a, b = load_scan(FLAIR), load_scan(FLAIR.read_bytes(), name="s3://b/FLAIR.nii.gz")
+    assert a.modality == b.modality == "mri" and b.name == "s3://b/FLAIR.nii.gz"
+    assert np.array_equal(a.array, b.array) and a.shape == (124, 160, 140)
+    raw = gzip.decompress(FLAIR.read_bytes())  # uncompressed NIfTI bytes (what Ray's reader hands over)
+    assert np.array_equal(load_scan(raw, name="x.nii").array, a.array)
+
+
+@needs_data
+def test_itk_mha_matches_nifti_geometry(tmp_path):
+    import SimpleITK as sitk
+
+    mha = tmp_path / "ct.mha"
+    sitk.WriteImage(sitk.ReadImage(str(CT)), str(mha))
+    a, b = load_scan(CT), load_scan(mha)
+    assert a.shape == b.shape and np.array_equal(a.array, b.array)
+    assert np.allclose(a.affine, b.affine, atol=1e-4)
+
+
+@needs_data
+@pytest.mark.parametrize("key, message", [
+    ("zero", "is empty (0 bytes)"),
+    ("truncated", "truncated or corrupt"),
+    ("random", "is not a NIfTI file"),
+    ("flat2d", "is a 2D image"),
+    ("series4d", "4D inputs are refused"),
+    ("huge", "header claims 1,073,741,824 voxels"),
+    ("rgb", "is not a scalar intensity"),
+])
+def test_bad_inputs_name_file_and_problem(tmp_path, key, message):
+    path = make_bad_inputs(tmp_path)[key]
+    tracemalloc.start()
+    with pytest.raises(ScanError) as e:
+        load_scan(path, max_voxels=1_000_000_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert message in str(e.value) and str(path) in str(e.value)
+    assert e.value.path == str(path)
+    if key == "huge":
+        assert peak < 20 * 2**20, f"refusing the 1e9-voxel header allocated {peak / 2**20:.0f} MiB"
+
+
+def test_random_gzip_bytes_and_singleton_4d(tmp_path):
+    with pytest.raises(ScanError, match="is not a NIfTI file"):
+        load_scan(gzip.compress(os.urandom(4000)), name="junk.nii.gz")
+    p = tmp_path / "one_frame.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((6, 7, 8, 1), np.float32), np.eye(4)), p)
+    assert load_scan(p).shape == (6, 7, 8)
+
+
+@needs_data
+def test_dicom_series_and_missing_slice(tmp_path):
+    s = load_scan(DICOM)
+    assert s.shape == (512, 512, 20) and s.modality == "ct"
+    assert np.allclose(s.spacing, [0.9765625, 0.9765625, 2.0])
+    assert (s.array.min(), s.array.max()) == (-1024.0, 1839.0)
+    gap = tmp_path / "gap"
+    copy_series_with_uid(DICOM, gap, "1.2.3.9", skip={10})
+    with pytest.raises(ScanError, match=r"missing 1 slice\(s\): gap of 4.00 mm"):
+        load_scan(gap)
+
+
+@needs_data
+def test_two_series_in_one_folder(tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(DICOM, mixed)
+    copy_series_with_uid(DICOM, mixed, "1.2.3.4.5")
+    series = list_series(mixed)
+    assert sorted(series) == ["", "1.2.3.4.5"] and all(len(f) == 20 for f in series.values())
+    with pytest.raises(ScanError, match="holds 2 DICOM series"):
+        load_scan(mixed)
+    a, b = (load_dicom_series(mixed, uid) for uid in sorted(series))
+    assert np.array_equal(a.array, b.array) and b.meta["series_uid"] == "1.2.3.4.5"
+
+
+def test_write_nifti_atomic_with_real_affine(tmp_path):
+    v = np.random.default_rng(1).normal(size=(8, 16, 32)).astype(np.float32)  # (z, y, x)
+    p = write_nifti(v, (2.0, 1.0, 0.5), tmp_path / "out" / "x.nii.gz", {"descrip": "crfgan test"})
+    assert os.listdir(p.parent) == ["x.nii.gz"]
+    img = nib.load(p)
+    assert img.shape == (32, 16, 8) and np.allclose(np.diag(img.affine)[:3], [0.5, 1.0, 2.0])
+    assert img.header["descrip"].tobytes().startswith(b"crfgan test")
+    s = load_scan(p)
+    assert np.array_equal(s.array.transpose(2, 1, 0), v)
