@@ -84,6 +84,13 @@ def sample_start(rng: np.random.Generator, cfg: Config) -> int:
     return int(rng.integers(0, m.emb_size - m.emb_slab_depth + 1))
 
 
+def real_sub_volume(real: torch.Tensor, start: int, cfg: Config) -> tuple[torch.Tensor, int]:
+    """The real sub-volume covering exactly the axial slices G^H renders from embedding slices [start, start+e)."""
+    m = cfg.model
+    pos = start * m.image_size // m.emb_size  # first axial slice
+    return real[:, :, pos : pos + m.slab_depth], pos  # (B, 1, S/8, S, S)
+
+
 def train_step(
     nets: Networks,
     opts: Optimizers,
@@ -103,8 +110,7 @@ def train_step(
     b, s = real.shape[0], m.image_size
     assert real.shape[1:] == (1, s, s, s), f"real volumes must be (B, 1, {s}, {s}, {s}), got {tuple(real.shape)}"
     start = sample_start(rng, cfg) if start is None else start
-    pos = start * s // m.emb_size  # first axial slice of the sub-volume
-    real_slab = real[:, :, pos : pos + m.slab_depth]  # (B, 1, S/8, S, S): exactly the slices G renders
+    real_slab, pos = real_sub_volume(real, start, cfg)
     hagan = m.arch == "hagan"
     real_low = low_res(real, m.emb_size) if hagan else None
     g, d, e = nets.g, nets.d, nets.e

@@ -1,0 +1,118 @@
+"""Single-process trainer on in-memory volumes: exercises the model without Ray (``crfgan train --local``).
+
+The Ray Train pipeline (``pipelines/train.py``) runs the same ``train_step`` inside DDP workers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_generator, set_rng_state
+from .config import Config
+from .models import Networks, build_networks, build_optimizers
+from .step import Amp, train_step
+
+CKPT_RE = re.compile(r"^checkpoint_(\d{6,})$")
+
+
+@dataclass
+class TrainResult:
+    nets: Networks
+    history: list[dict] = field(default_factory=list)
+    generator_path: Path | None = None
+    iterations: int = 0
+    seconds: float = 0.0
+
+
+def load_volumes(paths: Iterable[str | Path], cfg: Config) -> np.ndarray:
+    """Read scans and prepare them to the config's cube: (N, S, S, S) float32 in [-1, 1]."""
+    from .io import load_scan
+    from .volume import prepare_volume
+
+    vols = [prepare_volume(load_scan(str(p), max_voxels=cfg.data.max_voxels), cfg) for p in paths]
+    if not vols:
+        raise ValueError("no volumes to train on")
+    return np.stack(vols).astype(np.float32)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def batches(volumes: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """Endless random batches (B, 1, S, S, S); with fewer volumes than B, volumes repeat within a batch."""
+    n = len(volumes)
+    while True:
+        idx = rng.choice(n, size=batch_size, replace=n < batch_size)
+        yield torch.from_numpy(volumes[idx][:, None])
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.iterdir() if CKPT_RE.match(p.name))
+
+
+def train_local(
+    cfg: Config,
+    volumes: np.ndarray,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``cfg.train.iterations`` iterations on ``volumes`` (N, S, S, S).
+
+    With ``out_dir``: checkpoints every ``checkpoint_every`` (the last ``keep_checkpoints`` kept), resume from
+    the latest one, and the generator exported to ``out_dir/generator`` at the end.
+    """
+    t = cfg.train
+    s = cfg.model.image_size
+    assert volumes.ndim == 4 and volumes.shape[1:] == (s, s, s), f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rng = seed_everything(t.seed)
+    nets = build_networks(cfg).to(dev).train()
+    opts = build_optimizers(cfg, nets)
+    start_it = 0
+    out = Path(out_dir) if out_dir else None
+    if out and resume and checkpoints(out):
+        latest = checkpoints(out)[-1]
+        _, _, state = load_checkpoint(latest, dev, nets, opts)
+        start_it = state["iteration"]
+        set_rng_state(state["rng"])
+        rng.bit_generator.state = state["np_rng"]
+        log(f"resumed from {latest} at iteration {start_it}")
+    amp = Amp(t.amp, dev)
+    data = batches(volumes, t.batch_size, rng)
+    result = TrainResult(nets=nets, iterations=start_it)
+    t0 = time.perf_counter()
+    for it in range(start_it, t.iterations):
+        real = next(data).to(dev, non_blocking=True)
+        losses = train_step(nets, opts, real, it, cfg, rng, amp)
+        done = it + 1
+        if done % t.log_every == 0 or done == t.iterations:
+            row = {"iteration": done, **{k: float(v) for k, v in losses.items()}}
+            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"iteration {done}: non-finite {', '.join(bad)}")
+            result.history.append(row)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if out and (done % t.checkpoint_every == 0 or done == t.iterations):
+            save_checkpoint(out / f"checkpoint_{done:06d}", cfg, nets, opts, done, {"np_rng": rng.bit_generator.state})
+            for old in checkpoints(out)[: -t.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        result.iterations = done
+    result.seconds = time.perf_counter() - t0
+    if out:
+        result.generator_path = save_generator(out / "generator", cfg, nets.g, {"iterations": result.iterations})
+    return result

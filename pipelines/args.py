@@ -1,0 +1,26 @@
+"""Arguments every stage shares: ``--config NAME_OR_PATH`` and trailing ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(p: argparse.ArgumentParser, default: str = "tiny") -> None:
+    p.add_argument(
+        "--config",
+        default=default,
+        metavar="NAME_OR_PATH",
+        help=f"preset (tiny, ct64, ct128, ct256, ct512, mri256) or a YAML file (default: {default})",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. model.crf.iterations=5 train.batch_size=2",
+    )
+
+
+def config_from_args(args):
+    from crfgan.config import load_config
+
+    return load_config(args.config, args.overrides)

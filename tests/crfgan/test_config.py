@@ -1,0 +1,73 @@
+import pytest
+
+from crfgan.config import Config, ConfigError, config_from_dict, crf_num_nodes, load_config, preset_names
+
+
+@pytest.mark.parametrize("name", ["tiny", "ct64", "ct128", "ct256", "ct512", "mri256"])
+def test_presets_load_and_validate(name):
+    cfg = load_config(name)
+    assert cfg.name == name
+    assert cfg.model.image_size in (32, 64, 128, 256, 512)
+
+
+def test_preset_list_has_the_required_ones():
+    assert {"tiny", "ct64", "ct128", "ct256", "mri256"} <= set(preset_names())
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tiny", ["model.crf.iterations=5", "train.lr_g=2e-4", "model.crf.nodes=channels",
+                               "train.share_fakes=false", "data.ct_window=[-1000, 400]"])
+    assert cfg.model.crf.iterations == 5 and isinstance(cfg.model.crf.iterations, int)
+    assert cfg.train.lr_g == 2e-4
+    assert cfg.model.crf.nodes == "channels"
+    assert cfg.train.share_fakes is False
+    assert cfg.data.ct_window == (-1000.0, 400.0)
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.crf\.iteratons'.*'model\.crf\.iterations'"):
+        load_config("tiny", ["model.crf.iteratons=5"])
+    with pytest.raises(ConfigError, match="'train.batch_size'"):
+        load_config("tiny", ["train.batchsize=3"])
+
+
+def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("model:\n  image_sise: 64\n")
+    with pytest.raises(ConfigError, match="model.image_size"):
+        load_config(p)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match="model.image_size"):
+        load_config("tiny", ["model.image_size=48"])
+    with pytest.raises(ConfigError, match="model.crf.iterations expects int"):
+        load_config("tiny", ["model.crf.iterations=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("tiny", ["model.crf.iterations"])
+    with pytest.raises(ConfigError, match="unknown config preset 'ct12'; did you mean"):
+        load_config("ct12")
+
+
+def test_flat_dict_and_hash():
+    a = load_config("tiny")
+    flat = a.flat()
+    assert flat["model.crf.iterations"] == 10
+    assert flat["train.batch_size"] == 2
+    assert all("." in k or k == "name" for k in flat)
+    b = load_config("tiny", ["model.crf.iterations=3"])
+    assert a.hash() != b.hash()
+    assert a.hash() == load_config("tiny").hash()
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("ct128", ["model.arch=hagan", "train.amp=bf16"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_crf_node_defaults():
+    cfg = Config()
+    assert crf_num_nodes(cfg.model) == 8  # one node per rendered sub-volume
+    cfg.model.crf.nodes = "channels"
+    assert crf_num_nodes(cfg.model) == 32  # the reference count at 128³

@@ -1,0 +1,59 @@
+"""Shapes at every size for both archs, and the reference parameter counts."""
+
+import pytest
+import torch
+
+from crfgan.config import load_config
+from crfgan.models import build_networks
+
+SIZES = [32, 64, 128, 256, 512]
+
+
+def shapes(cfg, device):
+    s, m = cfg.model.image_size, cfg.model
+    with torch.device(device):
+        nets = build_networks(cfg)
+        z = torch.randn(2, m.latent_dim)
+        start = m.emb_size - m.emb_slab_depth  # the last valid start
+        x, a = nets.g(z, start)
+        assert a.shape == (2, m.emb_channels, m.emb_size, m.emb_size, m.emb_size)
+        assert x.shape == (2, 1, s // 8, s, s)
+        assert nets.d(x, s - s // 8).shape == (2, 1)
+        assert nets.e(x).shape == (2, m.emb_channels, m.emb_slab_depth, m.emb_size, m.emb_size)
+        if m.arch == "crfgan":
+            assert nets.crf(a, torch.zeros(2, 1)).shape == (2, 1)
+        else:
+            low = nets.g_low(a)
+            assert low.shape == (2, 1, m.emb_size, m.emb_size, m.emb_size)
+            assert nets.d_low(low).shape == (2, 1)
+            assert nets.e_sub(a).shape == (2, m.latent_dim)
+
+
+@pytest.mark.parametrize("arch", ["crfgan", "hagan"])
+@pytest.mark.parametrize("size", SIZES)
+def test_shapes_tiny_widths_every_size(arch, size):
+    cfg = load_config("tiny", [f"model.image_size={size}", f"model.arch={arch}"])
+    shapes(cfg, "cpu" if size <= 64 else "meta")  # meta: shapes without the compute
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_shapes_with_an_s8_embedding(size):
+    cfg = load_config("tiny", [f"model.image_size={size}", f"model.embedding_size={size // 8}"])
+    shapes(cfg, "cpu")
+
+
+@pytest.mark.parametrize("preset,arch,millions", [
+    ("ct128", "crfgan", 57.21), ("ct128", "hagan", 79.58), ("ct256", "crfgan", 57.24), ("ct256", "hagan", 79.74),
+])
+def test_reference_parameter_counts(preset, arch, millions):
+    cfg = load_config(preset, [f"model.arch={arch}"])
+    with torch.device("meta"):
+        counts = build_networks(cfg).param_counts()
+    assert round(sum(counts.values()) / 1e6, 2) == millions
+    assert 52.3e6 < counts["g"] < 52.5e6  # G ≈ 52.4 M: the first Linear and the 512-channel convs
+
+
+@pytest.mark.parametrize("preset", ["ct64", "ct128", "ct256", "ct512"])
+def test_reference_widths_shapes(preset):
+    shapes(load_config(preset), "meta")
+    shapes(load_config(preset, ["model.arch=hagan"]), "meta")

@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crfgan.config import load_config
+from crfgan.models import build_networks, build_optimizers
+from crfgan.step import real_sub_volume, sample_start, train_step
+
+
+def run(overrides, steps=2, size=32):
+    cfg = load_config("tiny", [f"model.image_size={size}", *overrides])
+    torch.manual_seed(0)
+    nets = build_networks(cfg)
+    opts = build_optimizers(cfg, nets)
+    real = torch.rand(2, 1, size, size, size) * 2 - 1
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in nets.items()}
+    rng = np.random.default_rng(0)
+    outs = [train_step(nets, opts, real, it, cfg, rng) for it in range(steps)]
+    changed = {n: any(not torch.equal(p, q) for p, q in zip(before[n], m.parameters())) for n, m in nets.items()}
+    return outs, changed
+
+
+@pytest.mark.parametrize("overrides,losses", [
+    (["model.arch=crfgan"], {"d_loss", "g_loss", "crf_loss", "e_loss"}),
+    (["model.arch=crfgan", "train.share_fakes=false"], {"d_loss", "g_loss", "crf_loss", "e_loss"}),
+    (["model.arch=crfgan", "model.crf.nodes=channels"], {"d_loss", "g_loss", "crf_loss", "e_loss"}),
+    (["model.arch=hagan"], {"d_loss", "g_loss", "e_loss", "e_sub_loss"}),
+    (["model.arch=crfgan", "train.amp=bf16"], {"d_loss", "g_loss", "crf_loss", "e_loss"}),
+])
+def test_every_sub_step_runs_and_trains_its_networks(overrides, losses):
+    outs, changed = run(overrides)
+    assert losses <= set(outs[-1])
+    assert all(math.isfinite(float(v)) for o in outs for v in o.values()), outs
+    assert all(changed.values()), changed  # every network's optimizer stepped
+
+
+def test_activation_checkpointing_gives_the_same_step():
+    a, _ = run(["train.share_fakes=true"], steps=1)
+    b, _ = run(["model.activation_checkpointing=true"], steps=1)
+    assert all(torch.allclose(a[0][k], b[0][k], atol=1e-5) for k in a[0])
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_real_and_rendered_sub_volumes_cover_the_same_slices(size):
+    cfg = load_config("tiny", [f"model.image_size={size}"])
+    m = cfg.model
+    real = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1, 1).expand(1, 1, size, size, size)
+    per_emb = size // m.emb_size  # image slices per embedding slice
+    for start in range(m.emb_size - m.emb_slab_depth + 1):
+        slab, pos = real_sub_volume(real, start, cfg)
+        assert slab.shape[2] == m.slab_depth
+        # G^H renders embedding slices [start, start + e) into image slices [start·per_emb, (start + e)·per_emb)
+        assert slab[0, 0, :, 0, 0].tolist() == list(range(start * per_emb, (start + m.emb_slab_depth) * per_emb))
+        assert pos == start * per_emb
+
+
+def test_sampled_starts_cover_every_valid_start():
+    cfg = load_config("tiny", ["model.image_size=64"])
+    rng = np.random.default_rng(0)
+    starts = {sample_start(rng, cfg) for _ in range(500)}
+    m = cfg.model
+    assert starts == set(range(m.emb_size - m.emb_slab_depth + 1))
