@@ -131,14 +131,15 @@ def stage(uri: str, dest_dir: str, endpoint: str = "") -> str:
     fs, path = filesystem(uri, endpoint)
     os.makedirs(dest_dir, exist_ok=True)
     local = os.path.join(dest_dir, posixpath.basename(path))
-    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+    with fs.open_input_stream(path, compression=None, buffer_size=8 * 2**20) as src, open(local, "wb") as dst:
         shutil.copyfileobj(src, dst, length=8 * 2**20)
     return local
 
 
 def read_bytes(uri: str, endpoint: str = "") -> bytes:
+    """The raw bytes of one object/file (no transparent gunzip: NIfTI readers take the .gz bytes)."""
     fs, path = filesystem(uri, endpoint)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_file(path) as f:
         return f.read()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import locale
 import os
 import shutil
 import tracemalloc
@@ -24,9 +25,20 @@ RGB = DATA / "bad" / "ct_perfusion_rgb.nii.gz"
 
 
 def copy_series_with_uid(src: Path, dst: Path, uid: str, skip: set[int] = frozenset()) -> None:
-    """Rewrite a DICOM series with a new SeriesInstanceUID (SimpleITK, keeping geometry and modality tags)."""
+    """Rewrite a DICOM series with a new SeriesInstanceUID (SimpleITK, keeping geometry and modality tags).
+
+    GDCM's writer switches the process locale to "C" (text files then open as ASCII); it is restored after.
+    """
     import SimpleITK as sitk
 
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _copy_series(sitk, src, dst, uid, skip)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _copy_series(sitk, src: Path, dst: Path, uid: str, skip) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     keep = ("0008|0060", "0020|0032", "0020|0037", "0028|0030", "0018|0050", "0020|0013")
     for i, f in enumerate(sorted(src.iterdir())):

@@ -8,6 +8,8 @@ environment set just before Ray starts, so no test task can ever see real creden
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 FAKE_AWS = {
@@ -48,6 +50,7 @@ def ray_local(fake_aws_env):
 @pytest.fixture(scope="session")
 def s3_server(fake_aws_env):
     server_mod = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()

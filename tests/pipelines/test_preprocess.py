@@ -1,0 +1,156 @@
+"""The Ray Data preprocess pipeline end to end: real scans + every bad input of issue 3, rerun, threshold, S3."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import shutil
+import tarfile
+import zipfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from crfgan.shards import read_manifest, read_volumes
+from pipelines import preprocess
+from tests.crfgan.test_io import CT, DICOM, FLAIR, copy_series_with_uid, make_bad_inputs, needs_data
+
+pytestmark = needs_data
+
+
+def cli(*argv) -> int:
+    p = argparse.ArgumentParser()
+    preprocess.add_arguments(p)
+    return preprocess.main(p.parse_args(list(argv)))
+
+
+def md5s(folder):
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted((folder / "shards").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    d = tmp_path_factory.mktemp("collection")
+    shutil.copy(CT, d / "ct.nii.gz")
+    shutil.copy(FLAIR, d / "flair.nii.gz")
+    shutil.copytree(DICOM, d / "mixed")
+    copy_series_with_uid(DICOM, d / "mixed", "1.2.3.4.5")  # two series in one folder: two volumes
+    copy_series_with_uid(DICOM, d / "gap", "1.2.3.9", skip={7})  # missing slice
+    make_bad_inputs(d / "bad")
+    with zipfile.ZipFile(d / "good.zip", "w") as z:
+        z.write(FLAIR, "inner/FLAIR.nii.gz")
+    with zipfile.ZipFile(d / "evil.zip", "w") as z:
+        z.write(FLAIR, "ok.nii.gz")
+        z.writestr("../x", b"evil")
+    with tarfile.open(d / "evil.tar.gz", "w:gz") as t:
+        info = tarfile.TarInfo("/tmp/crfgan-preprocess-evil")
+        info.size = 4
+        t.addfile(info, io.BytesIO(b"evil"))
+    return d
+
+
+EXPECTED_ERRORS = {  # file name → (stage, part of the reason)
+    "zero.nii.gz": ("read", "is empty (0 bytes)"),
+    "truncated.nii.gz": ("read", "truncated or corrupt"),
+    "random.nii.gz": ("read", "is not a NIfTI file"),
+    "flat2d.nii.gz": ("read", "is a 2D image"),
+    "series4d.nii.gz": ("read", "4D inputs are refused"),
+    "huge.nii": ("read", "header claims 1,073,741,824 voxels"),
+    "mostly_nan.nii.gz": ("prepare", "are NaN/Inf"),
+    "ct_perfusion_rgb.nii.gz": ("read", "is not a scalar intensity"),
+    "gap": ("read", "missing 1 slice(s)"),
+    "evil.zip": ("extract", "points outside the extraction folder"),
+    "evil.tar.gz": ("extract", "absolute path"),
+}
+
+
+@pytest.fixture(scope="module")
+def first_run(collection, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("shards")
+    rc = cli("--input", str(collection), "--output", str(out), "--config", "tiny", "data.max_error_fraction=0.9",
+             "data.val_fraction=0.3")
+    return rc, out, md5s(out)
+
+
+def test_bad_inputs_become_error_rows_and_valid_volumes_are_kept(first_run, collection):
+    rc, out, _ = first_run
+    m = read_manifest(str(out))
+    assert rc == 0 and m["volumes_ok"] == 5 and m["volumes_failed"] == len(EXPECTED_ERRORS)
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    got = {e["source_uri"].rsplit("/", 1)[-1]: e for e in errors}
+    assert set(got) == set(EXPECTED_ERRORS)
+    for name, (stage, reason) in EXPECTED_ERRORS.items():
+        assert got[name]["stage"] == stage and reason in got[name]["reason"], got[name]
+    assert not (collection / "x").exists() and not (collection.parent / "x").exists()
+    import os
+    assert not os.path.exists("/tmp/crfgan-preprocess-evil")
+    sources = sorted(r["source_uri"] for s in ("train", "val") for r in read_volumes(out, s))
+    assert sources == sorted([str(collection / "ct.nii.gz"), str(collection / "flair.nii.gz"),
+                              f"{collection / 'mixed'}#series=1.2.3.4.5", f"{collection / 'mixed'}#series=<empty>",
+                              f"{collection / 'good.zip'}!/inner/FLAIR.nii.gz"])
+
+
+def test_manifest_and_shard_contents(first_run):
+    _, out, _ = first_run
+    m = read_manifest(str(out))
+    assert m["config_hash"] and m["package_version"] == "0.1.0" and m["errors_path"] == f"{out}/errors.parquet"
+    assert sum(m["counts"]["split"].values()) == 5 and m["counts"]["modality"] == {"ct": 3, "mri": 2}
+    assert m["volume_shape"] == [32, 32, 32] and m["low_res_shape"] == [8, 8, 8] and m["elapsed_s"] > 0
+    assert sum(s["volumes"] for s in m["shards"]) == 5 and m["bytes_out"] == sum(s["bytes"] for s in m["shards"])
+    rows = list(read_volumes(out, "train")) + list(read_volumes(out, "val"))
+    for r in rows:
+        v = r["volume"]
+        assert v.shape == (32, 32, 32) and v.dtype == np.float32 and -1 <= v.min() and v.max() <= 1
+        assert np.array_equal(r["low_res"], v[::4, ::4, ::4]) and r["slab_depth"] == 4
+        assert r["split"] in ("train", "val") and r["image_size"] == 32
+    flair = [r for r in rows if r["source_uri"].endswith("flair.nii.gz")][0]
+    zipped = [r for r in rows if r["source_uri"].endswith("inner/FLAIR.nii.gz")][0]
+    assert np.array_equal(flair["volume"], zipped["volume"])  # same scan through an archive: same cube
+
+
+def test_rerun_skips_finished_and_keeps_shards(first_run, collection):
+    rc, out, before = first_run
+    rc2 = cli("--input", str(collection), "--output", str(out), "--config", "tiny", "data.max_error_fraction=0.9",
+              "data.val_fraction=0.3")
+    m = read_manifest(str(out))
+    assert rc2 == rc == 0 and m["units_skipped"] == m["inputs"] == 15  # every unit was finished
+    assert md5s(out) == before
+
+
+def test_error_fraction_exits_non_zero(collection, tmp_path, ray_local, capsys):
+    rc = cli("--input", str(collection / "bad"), "--input", str(collection / "ct.nii.gz"),
+             "--output", str(tmp_path / "o"), "--config", "tiny")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "8 of 9 inputs failed (89% > data.max_error_fraction=50%)" in err
+    assert f"{tmp_path / 'o'}/errors.parquet" in err
+
+
+def test_unknown_override_is_a_clear_error(tmp_path, capsys):
+    assert cli("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", "tiny", "data.fitt=x") == 2
+    assert "did you mean 'data.fit'" in capsys.readouterr().err
+
+
+def test_s3_in_and_out(s3_server, ray_local, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="scans")
+    s3.upload_file(str(CT), "scans", "in/ct.nii.gz")
+    for f in sorted(DICOM.iterdir()):
+        s3.upload_file(str(f), "scans", f"in/dicom/{f.name}")
+    with zipfile.ZipFile(tmp_path / "mri.zip", "w") as z:
+        z.write(FLAIR, "FLAIR.nii.gz")
+    s3.upload_file(str(tmp_path / "mri.zip"), "scans", "in/mri.zip")
+    rc = cli("--input", "s3://scans/in", "--output", "s3://scans/out", "--config", "tiny")
+    m = read_manifest("s3://scans/out")
+    assert rc == 0 and m["volumes_ok"] == 3 and m["volumes_failed"] == 0
+    assert m["errors_path"] == "s3://scans/out/errors.parquet"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scans", Prefix="out/")["Contents"])
+    assert "out/manifest.json" in keys and all(not k.rsplit("/", 1)[-1].startswith(".tmp") for k in keys)
+    rows = [r for s in ("train", "val") for r in read_volumes("s3://scans/out", s)]
+    assert sorted(r["source_uri"] for r in rows) == ["s3://scans/in/ct.nii.gz", "s3://scans/in/dicom",
+                                                     "s3://scans/in/mri.zip!/FLAIR.nii.gz"]
+    assert all(r["volume"].shape == (32, 32, 32) for r in rows)

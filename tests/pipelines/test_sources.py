@@ -1,0 +1,109 @@
+"""pipelines.sources: discovery (local, glob, S3 on a real loopback endpoint) and safe archive extraction."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import zipfile
+
+import pytest
+
+from pipelines import sources
+from pipelines.sources import UnsafeArchive, discover, kind_of, safe_extract
+from tests.crfgan.test_io import CT, DATA, DICOM, FLAIR, needs_data
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("a/x.nii.gz", "file"), ("x.NII", "file"), ("v.mha", "file"), ("v.nrrd", "file"), ("a.zip", "archive"),
+    ("a.tar.gz", "archive"), ("a.tgz", "archive"), ("s/CT.1.2.840.16573", "dicom"), ("s/IM0001", "dicom"),
+    ("s/x.dcm", "dicom"), ("README.md", None), ("meta.json", None), (".DS_Store", None),
+])
+def test_kind_of(name, kind):
+    assert kind_of(name) == kind
+
+
+@needs_data
+def test_discover_local_groups_dicom_and_skips_readme():
+    units = discover([str(DATA)])
+    by_kind = {k: [u for u in units if u["kind"] == k] for k in ("file", "dicom", "archive")}
+    assert len(by_kind["file"]) == 4 and len(by_kind["dicom"]) == 1 and not by_kind["archive"]
+    d = by_kind["dicom"][0]
+    assert d["uri"] == str(DICOM) and len(d["files"]) == 20
+    assert d["size"] == sum(f.stat().st_size for f in DICOM.iterdir())
+    assert [u["uri"] for u in discover([str(DATA / "*" / "*.nii.gz")])] == sorted(
+        str(p) for p in DATA.glob("*/*.nii.gz"))
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        discover([str(DATA / "nothing-here")])
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _tar(path, members, links=()):
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            t.addfile(info)
+
+
+@pytest.mark.parametrize("maker, members, links, message", [
+    (_zip, {"ok.nii": b"x", "../x": b"evil"}, (), "'..'"),
+    (_zip, {"/tmp/crfgan-abs-evil": b"evil"}, (), "absolute path"),
+    (_tar, {"ok.nii": b"x", "../x": b"evil"}, (), "'..'"),
+    (_tar, {"/tmp/crfgan-abs-evil": b"evil"}, (), "absolute path"),
+    (_tar, {"ok.nii": b"x"}, [("link", "../../etc/passwd")], "links outside"),
+    (_tar, {"ok.nii": b"x"}, [("link", "/etc/passwd")], "links outside"),
+])
+def test_unsafe_archives_refused_nothing_written(tmp_path, maker, members, links, message):
+    arc = tmp_path / ("a.zip" if maker is _zip else "a.tar.gz")
+    maker(arc, members, *((links,) if maker is _tar else ()))
+    dest = tmp_path / "deep" / "dest"
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(UnsafeArchive, match=message):
+        safe_extract(str(arc), str(dest))
+    assert not dest.exists() or os.listdir(dest) == []
+    assert set(os.listdir(tmp_path)) == before | {"deep"} and not (tmp_path / "x").exists()
+    assert not os.path.exists("/tmp/crfgan-abs-evil")
+
+
+def test_safe_archive_extracted_inside(tmp_path):
+    _tar(tmp_path / "a.tar.gz", {"sub/a.nii": b"1", "b.nii": b"22"}, [("inner", "b.nii")])
+    files = safe_extract(str(tmp_path / "a.tar.gz"), str(tmp_path / "d"))
+    assert sorted(os.path.relpath(f, tmp_path / "d") for f in files) == ["b.nii", "sub/a.nii"]
+    assert not (tmp_path / "d" / "inner").exists()  # links inside are allowed but not materialised
+    with pytest.raises(UnsafeArchive, match="not a readable zip or tar"):
+        (tmp_path / "junk.zip").write_bytes(b"not an archive")
+        safe_extract(str(tmp_path / "junk.zip"), str(tmp_path / "e"))
+
+
+@needs_data
+def test_discover_s3_prefix_and_glob(s3_server):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="scans-src")
+    s3.upload_file(str(CT), "scans-src", "coll/ct/example_ct.nii.gz")
+    s3.upload_file(str(FLAIR), "scans-src", "coll/mri/FLAIR.nii.gz")
+    for f in sorted(DICOM.iterdir())[:3]:
+        s3.upload_file(str(f), "scans-src", f"coll/dicom/{f.name}")
+    s3.put_object(Bucket="scans-src", Key="coll/README.md", Body=b"hi")
+    units = discover(["s3://scans-src/coll"], endpoint=s3_server)
+    assert [(u["kind"], u["uri"]) for u in units] == [
+        ("file", "s3://scans-src/coll/ct/example_ct.nii.gz"), ("dicom", "s3://scans-src/coll/dicom"),
+        ("file", "s3://scans-src/coll/mri/FLAIR.nii.gz")]
+    assert units[0]["size"] == CT.stat().st_size and len(units[1]["files"]) == 3
+    only = discover(["s3://scans-src/coll/*/*.nii.gz"])  # endpoint from AWS_ENDPOINT_URL
+    assert [u["uri"] for u in only] == ["s3://scans-src/coll/ct/example_ct.nii.gz",
+                                        "s3://scans-src/coll/mri/FLAIR.nii.gz"]
+    assert sources.read_bytes(only[1]["uri"]) == FLAIR.read_bytes()
