@@ -1,0 +1,184 @@
+"""``crfgan bench preprocess``: Ray Data pipeline vs a plain single-process loop, and memory as inputs grow 10×.
+
+The collection is generated into a temp folder from the shipped scans (CT, FLAIR, MNI T1): a few distinct
+augmentations (flip, intensity scale and offset, resampled to 128³ or 256³; every 5th volume is 256³) written as
+int16 NIfTI, then copied under new names up to ``--volumes``. Both contenders do the same work per input —
+``process_unit`` (read, RAS, intensity, fit, low-res, staging Parquet) and then the same shard packing; the loop runs
+them one after another in this process, the pipeline is ``pipelines.preprocess.run`` on the local Ray (started
+before timing, warmed up on 2 volumes). Memory is the peak RSS of the driver and the peak summed RSS of Ray worker
+processes (``ray::*`` descendants of the driver; shared pages count in every process), sampled every 0.25 s, for ``--volumes``/10 and
+``--volumes`` inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from crfgan.bench.table import emit
+from crfgan.config import load_config
+from crfgan.io import load_scan
+from crfgan.shards import filesystem, plan_shards, write_shard
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SCANS = ["ct/example_ct.nii.gz", "mri/FLAIR.nii.gz", "mri/MNI152_2009_template.nii.gz"]
+
+
+def generate(folder: Path, n: int, sizes=(128, 256), seed: int = 0) -> list[Path]:
+    """``n`` NIfTI volumes: distinct augmentations per (scan, size), then copies under new names."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = [p for p in (DATA / s for s in SCANS) if p.exists()] or \
+        [Path(__file__).resolve().parents[1] / "crfgan" / "data" / n for n in ("example_ct.nii.gz", "FLAIR.nii.gz")]
+    distinct: dict[tuple, Path] = {}
+    out = []
+    for i in range(n):
+        size = sizes[-1] if i % 5 == 4 else sizes[0]
+        key = (i % len(base), size, (i // len(base)) % 2)  # two augmentations per scan and size
+        if key not in distinct:
+            scan = load_scan(base[key[0]])
+            t = torch.from_numpy(scan.array)[None, None]
+            vol = F.interpolate(t, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
+            if key[2]:
+                vol = vol[::-1] * rng.uniform(0.9, 1.1) + rng.uniform(-20, 20)
+            extent = np.array(scan.shape) * scan.spacing / size
+            p = folder / f"aug-{key[0]}-{size}-{key[2]}.nii.gz"
+            nib.save(nib.Nifti1Image(np.round(vol).astype(np.int16), np.diag([*extent, 1.0])), p)
+            distinct[key] = p
+        dst = folder / f"vol-{i:04d}-{size}.nii.gz"
+        shutil.copy(distinct[key], dst)
+        out.append(dst)
+    for p in distinct.values():
+        p.unlink()
+    return out
+
+
+class PeakMemory:
+    """Peak RSS of this process and of its Ray worker processes (``ray::…`` descendants), sampled in a thread."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.psutil, self.interval = psutil, interval
+        self.driver = self.workers = 0
+        self._stop = threading.Event()
+
+    def _sample(self):
+        me = self.psutil.Process()
+        while not self._stop.is_set():
+            self.driver = max(self.driver, me.memory_info().rss)
+            total = 0
+            for p in me.children(recursive=True):  # only this driver's Ray (other sessions may share the box)
+                try:
+                    if p.name().startswith("ray::"):
+                        total += p.memory_info().rss
+                except self.psutil.Error:
+                    continue
+            self.workers = max(self.workers, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def run_loop(inputs: list[str], out: str, cfg) -> int:
+    """The same per-input work and shard packing as the pipeline, in one process, one input after another."""
+    from pipelines import preprocess, sources
+
+    metas = []
+    for u in sources.discover(inputs):
+        r = preprocess.process_unit(u, cfg, out, "")
+        metas += [{**m, "staging": r["staging"]} for m in r["volumes"]]
+    fs, root = filesystem(out)
+    for p in plan_shards(metas, cfg.data.shard_target_mb):
+        write_shard(fs, root, p)
+    return len(metas)
+
+
+def _measure(name: str, fn, files: list[Path]) -> dict:
+    mb = sum(f.stat().st_size for f in files) / 2**20
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        ok = fn()
+        dt = time.perf_counter() - t0
+    assert ok == len(files), f"{name}: {ok} of {len(files)} volumes prepared"
+    return {"run": name, "volumes": len(files), "input_MB": round(mb, 1), "seconds": dt, "volumes_per_s": len(files) / dt,
+            "input_MB_per_s": mb / dt, "peak_driver_MB": mem.driver / 2**20, "peak_workers_MB": mem.workers / 2**20}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--volumes", type=int, default=50, help="collection size (the memory run uses 1/10)")
+    parser.add_argument("--config", default="ct128", help="preset or YAML for the prepared cube (default ct128)")
+    parser.add_argument("--sizes", default="128,256", help="input cube edges of the generated collection")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--workdir", default=None, help="where to generate (default: a temp folder, removed after)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipelines import preprocess
+
+    cfg = load_config(args.config)
+    sizes = tuple(int(s) for s in str(args.sizes).split(","))
+    n_big = max(2, args.volumes)
+    n_small = max(1, n_big // 10)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="crfgan-bench-pre-"))
+    try:
+        t0 = time.perf_counter()
+        files = generate(work / "in_big", n_big, sizes)
+        small = work / "in_small"
+        small.mkdir()
+        for f in files[:n_small]:
+            shutil.copy(f, small / f.name)
+        gen_s = time.perf_counter() - t0
+        ray = preprocess.ensure_ray()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        warm = work / "in_warm"
+        warm.mkdir()
+        for f in files[:2]:
+            shutil.copy(f, warm / f.name)
+        preprocess.run([str(warm)], str(work / "out_warm"), cfg)  # start workers, import torch/nibabel in them
+
+        def ray_run(folder, out):
+            return lambda: preprocess.run([str(folder)], str(work / out), cfg)["volumes_ok"]
+
+        rows = [
+            _measure(f"ray data ({n_small})", ray_run(small, "out_ray_small"), sorted(small.iterdir())),
+            _measure(f"ray data ({n_big})", ray_run(work / "in_big", "out_ray_big"), files),
+            _measure(f"single-process loop ({n_big})",
+                     lambda: run_loop([str(work / "in_big")], str(work / "out_loop"), cfg), files),
+        ]
+        small_r, big_r, loop_r = rows
+        big_r["speedup_vs_loop"] = loop_r["seconds"] / big_r["seconds"]
+        big_r["driver_mem_ratio_vs_small"] = big_r["peak_driver_MB"] / small_r["peak_driver_MB"]
+        big_r["worker_mem_ratio_vs_small"] = big_r["peak_workers_MB"] / max(1e-9, small_r["peak_workers_MB"])
+        title = (f"preprocess: Ray Data vs single-process loop, {cfg.name} (S={cfg.model.image_size}), inputs "
+                 f"{'/'.join(map(str, sizes))}³ int16 NIfTI, {os.cpu_count()} CPUs")
+        load = os.getloadavg()[0]
+        title += f", load avg {load:.1f} at the end"
+        emit(title, rows, args.json, {"config": cfg.name, "generate_s": gen_s, "ray_resources": ray.cluster_resources()})
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="crfgan bench preprocess")
+    add_arguments(p)
+    run(p.parse_args())
