@@ -46,7 +46,9 @@ def slice_positions(files: list[str], name: str) -> tuple[np.ndarray, dict]:
             r.ReadImageInformation()
         except RuntimeError:
             raise ScanError(name, f"DICOM file {Path(f).name} has an unreadable header") from None
-        get = lambda k: r.GetMetaData(k) if r.HasMetaDataKey(k) else ""  # noqa: E731
+
+        def get(k: str, r=r) -> str:
+            return r.GetMetaData(k) if r.HasMetaDataKey(k) else ""
         if normal is None:
             iop = _floats(get("0020|0037"))
             if len(iop) != 6:
@@ -73,7 +75,7 @@ def check_gaps(positions: np.ndarray, name: str) -> None:
     gaps = np.flatnonzero(steps > GAP_TOLERANCE * step)
     if gaps.size:
         i = gaps[0]
-        missing = int(round(float(np.sum(steps[gaps] / step - 1))))
+        missing = round(float(np.sum(steps[gaps] / step - 1)))
         raise ScanError(
             name,
             f"DICOM series is missing {missing} slice(s): gap of {steps[i]:.2f} mm between positions "

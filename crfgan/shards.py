@@ -43,7 +43,7 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

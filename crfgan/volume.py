@@ -51,7 +51,7 @@ def resample(arr: np.ndarray, spacing, target_mm: float) -> tuple[np.ndarray, np
     spacing = np.asarray(spacing, dtype=np.float64)
     if target_mm <= 0:
         return arr, spacing
-    size = tuple(max(1, int(round(n * s / target_mm))) for n, s in zip(arr.shape, spacing))
+    size = tuple(max(1, round(n * s / target_mm)) for n, s in zip(arr.shape, spacing))
     new_spacing = np.array([n * s / m for n, s, m in zip(arr.shape, spacing, size)])
     return _interp(arr, size), new_spacing
 

@@ -34,9 +34,23 @@ import crfgan
 from crfgan.config import ConfigError, config_from_dict, load_config
 from crfgan.dicom import list_series, load_dicom_series
 from crfgan.io import ScanError, load_scan
-from crfgan.shards import (ERRORS, SHARD_DIR, STAGING_DIR, exists, filesystem, join, plan_shards, read_manifest,
-                           rows_to_table, split_for, volume_id, write_errors, write_manifest, write_shard,
-                           write_table_atomic)
+from crfgan.shards import (
+    ERRORS,
+    SHARD_DIR,
+    STAGING_DIR,
+    exists,
+    filesystem,
+    join,
+    plan_shards,
+    read_manifest,
+    rows_to_table,
+    split_for,
+    volume_id,
+    write_errors,
+    write_manifest,
+    write_shard,
+    write_table_atomic,
+)
 from crfgan.volume import low_res, prepare
 from pipelines import sources
 
@@ -118,11 +132,11 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                     metas.append({"volume_id": vid, "source_uri": name, "split": row["split"], "modality": modality,
                                   "spacing": row["spacing"], "original_shape": row["original_shape"],
                                   "nbytes": int(vol.size * 2 + row["low_res"].size * 2), "row": len(rows) - 1})
-                except Exception as e:  # one bad volume never stops the unit
+                except Exception as e:  # noqa: BLE001 — one bad volume never stops the unit
                     errors.append({"source_uri": name, "stage": stage, "reason": _reason(e)})
         except sources.UnsafeArchive as e:
             errors.append({"source_uri": unit["uri"], "stage": "extract", "reason": f"archive refused: {e}"})
-        except Exception as e:  # staging / listing failed (network, permissions): retried on the next run
+        except Exception as e:  # noqa: BLE001 — staging / listing failed (network, permissions): retried on the next run
             errors.append({"source_uri": unit["uri"], "stage": "fetch", "reason": _reason(e)})
     result = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": metas, "errors": errors}
     table = rows_to_table(rows, s)
@@ -136,7 +150,7 @@ def _map_unit(row: dict, cfg_dict: dict, out_uri: str, endpoint: str) -> dict:
     unit = json.loads(row["unit"])
     try:
         res = process_unit(unit, config_from_dict(cfg_dict), out_uri, endpoint)
-    except Exception as e:  # writing the staging file failed: report it, keep the run going
+    except Exception as e:  # noqa: BLE001 — writing the staging file failed: report it, keep the run going
         res = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": [], "skipped": False, "staging": "",
                "errors": [{"source_uri": unit["uri"], "stage": "write", "reason": _reason(e)}]}
         traceback.print_exc()

@@ -40,7 +40,7 @@ def kind_of(name: str) -> str | None:
     """file | dicom | archive | None (ignored: READMEs, JSON sidecars …)."""
     low = name.lower()
     base = posixpath.basename(low)
-    if low.endswith(NIFTI_SUFFIXES) or low.endswith(ITK_SUFFIXES):
+    if low.endswith(NIFTI_SUFFIXES + ITK_SUFFIXES):
         return "file"
     if low.endswith(ARCHIVE_SUFFIXES):
         return "archive"
@@ -183,7 +183,7 @@ def safe_extract(archive: str, dest: str) -> list[str]:
                 written.append(str(target))
         return written
     try:
-        tf = tarfile.open(archive, "r:*")
+        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 — closed by the with below
     except tarfile.TarError as e:
         raise UnsafeArchive(f"is not a readable zip or tar archive ({e})") from None
     with tf:

@@ -64,7 +64,7 @@ def test_shards_cut_by_size_and_deterministic(tmp_path):
     assert all(len(p["items"]) <= 2 for p in plans)
     assert sum(w["volumes"] for w in written) == 8
     assert all(p["volume_ids"] == sorted(p["volume_ids"]) for p in plans)
-    plans_b, written_b = write_run(tmp_path / "b", list(reversed(rs)), target_mb=0.13)
+    plans_b, _ = write_run(tmp_path / "b", list(reversed(rs)), target_mb=0.13)
     assert [p["volume_ids"] for p in plans] == [p["volume_ids"] for p in plans_b]
     for w in written:
         a = pq.read_table(tmp_path / "a" / w["path"])

@@ -105,8 +105,8 @@ def test_manifest_and_shard_contents(first_run):
         assert v.shape == (32, 32, 32) and v.dtype == np.float32 and -1 <= v.min() and v.max() <= 1
         assert np.array_equal(r["low_res"], v[::4, ::4, ::4]) and r["slab_depth"] == 4
         assert r["split"] in ("train", "val") and r["image_size"] == 32
-    flair = [r for r in rows if r["source_uri"].endswith("flair.nii.gz")][0]
-    zipped = [r for r in rows if r["source_uri"].endswith("inner/FLAIR.nii.gz")][0]
+    flair = next(r for r in rows if r["source_uri"].endswith("flair.nii.gz"))
+    zipped = next(r for r in rows if r["source_uri"].endswith("inner/FLAIR.nii.gz"))
     assert np.array_equal(flair["volume"], zipped["volume"])  # same scan through an archive: same cube
 
 
