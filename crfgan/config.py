@@ -113,7 +113,7 @@ class SynthConfig:
     num_volumes: int = 4
     seed: int = 0
     tiled: bool = True  # render G^H over embedding slabs with a halo instead of one pass
-    slab_embedding_slices: int = 8  # embedding slices per tile (before the halo)
+    slab_embedding_slices: int = 4  # embedding slices per tile (before the halo)
     halo: int = 1  # embedding slices of context on each side (G^H's receptive field needs 1)
     norm_stats: str = "global"  # global: equals the one-pass render; slab: per-tile GroupNorm statistics
 

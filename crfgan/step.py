@@ -65,6 +65,7 @@ class Amp:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Backward and update; gradients are dropped right after, so only one network's exist at a time."""
         opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -72,6 +73,7 @@ class Amp:
         else:
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
 
     def end(self) -> None:
         if self.scaler is not None:

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in _available(BENCHES).items():
         bp = bsub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_arguments(bp)
-        bp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+        if not any("--json" in a.option_strings for a in bp._actions):
+            bp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
         bp.set_defaults(_run=lambda args, m=module: importlib.import_module(m).run(args) or 0)
     return p
 
