@@ -173,7 +173,7 @@ class Config:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         m = self.model
         _check(m.arch in ("crfgan", "hagan"), "model.arch", f"must be crfgan or hagan, got {m.arch!r}")
         _check(m.image_size in SIZES, "model.image_size", f"must be one of {SIZES}, got {m.image_size}")
@@ -191,7 +191,8 @@ class Config:
         if m.crf.nodes == "slabs":
             _check(m.emb_size % n == 0, "model.crf.num_nodes", f"must divide the embedding depth {m.emb_size}, got {n}")
         else:
-            _check(m.emb_channels % n == 0, "model.crf.num_nodes", f"must divide the embedding channels {m.emb_channels}, got {n}")
+            _check(m.emb_channels % n == 0, "model.crf.num_nodes",
+                   f"must divide the embedding channels {m.emb_channels}, got {n}")
         _check(self.train.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.train.amp!r}")
         _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.synth.norm_stats in ("global", "slab"), "synth.norm_stats", "must be global or slab")

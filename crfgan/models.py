@@ -35,12 +35,12 @@ class Networks:
     def items(self) -> list[tuple[str, nn.Module]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
 
-    def to(self, device) -> "Networks":
+    def to(self, device) -> Networks:
         for _, m in self.items():
             m.to(device)
         return self
 
-    def train(self, mode: bool = True) -> "Networks":
+    def train(self, mode: bool = True) -> Networks:
         for _, m in self.items():
             m.train(mode)
         return self

@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -78,7 +78,9 @@ def train_local(
     """
     t = cfg.train
     s = cfg.model.image_size
-    assert volumes.ndim == 4 and volumes.shape[1:] == (s, s, s), f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
+    assert volumes.ndim == 4 and volumes.shape[1:] == (s, s, s), (
+        f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
+    )
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rng = seed_everything(t.seed)
     nets = build_networks(cfg).to(dev).train()

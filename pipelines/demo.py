@@ -91,5 +91,5 @@ def main(args) -> int:
     print(f"  shards:     {out / 'shards'} (manifest.json)")
     print(f"  generator:  {result.generator_path} (safetensors + config.json)")
     print(f"  synthetic:  {', '.join(str(p) for p in paths)}")
-    print(f"  final losses: " + ", ".join(f"{k}={v:.3f}" for k, v in last.items() if k != "iteration"))
+    print("  final losses: " + ", ".join(f"{k}={v:.3f}" for k, v in last.items() if k != "iteration"))
     return 0

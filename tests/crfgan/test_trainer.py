@@ -31,10 +31,13 @@ def test_hagan_trains_from_the_same_loader(ct_volume):
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, ct_volume):
     over = ["train.log_every=5", "train.checkpoint_every=5", "train.keep_checkpoints=2"]
-    full = train_local(load_config("tiny", ["train.iterations=15", *over]), ct_volume, tmp_path / "a", log=lambda s: None)
-    train_local(load_config("tiny", ["train.iterations=10", *over]), ct_volume, tmp_path / "b", log=lambda s: None)
+    def cfg(n):
+        return load_config("tiny", [f"train.iterations={n}", *over])
+
+    full = train_local(cfg(15), ct_volume, tmp_path / "a", log=lambda s: None)
+    train_local(cfg(10), ct_volume, tmp_path / "b", log=lambda s: None)  # "interrupted" at 10
     logs = []
-    resumed = train_local(load_config("tiny", ["train.iterations=15", *over]), ct_volume, tmp_path / "b", log=logs.append)
+    resumed = train_local(cfg(15), ct_volume, tmp_path / "b", log=logs.append)
     assert any("resumed" in line and "iteration 10" in line for line in logs)
     assert [r["iteration"] for r in resumed.history] == [15]  # no step counted twice
     assert [p.name for p in checkpoints(tmp_path / "b")] == ["checkpoint_000010", "checkpoint_000015"]
