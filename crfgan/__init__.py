@@ -6,3 +6,12 @@ This package is single-process PyTorch and NumPy; Ray lives in ``pipelines/``.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy, so ``import crfgan`` stays light (no torch) for code that only needs the version or the config.
+    if name == "load_generator":
+        from .checkpoint import load_generator
+
+        return load_generator
+    raise AttributeError(f"module 'crfgan' has no attribute {name!r}")
