@@ -223,7 +223,7 @@ def load_scan(path_or_bytes, name: str | None = None, max_voxels: int = DEFAULT_
     _nifti_class(head, name)
     try:
         img = nib.load(str(path))
-    except Exception as e:  # noqa: BLE001 — nibabel raises several types for corrupt headers
+    except Exception as e:
         raise ScanError(name, f"nibabel cannot parse the header ({type(e).__name__}: {e})") from None
     return _read_nifti(img, name, max_voxels)
 

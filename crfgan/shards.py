@@ -60,14 +60,14 @@ ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("stage", pa.string()), (
 
 
 def volume_schema(image_size: int) -> pa.Schema:
-    s, l = image_size, image_size // LOW_RES_FACTOR
+    s, lr = image_size, image_size // LOW_RES_FACTOR
     return pa.schema([
         ("volume_id", pa.string()),
         ("source_uri", pa.string()),
         ("modality", pa.string()),
         ("split", pa.string()),
         ("volume", pa.fixed_shape_tensor(pa.float16(), [s, s, s])),
-        ("low_res", pa.fixed_shape_tensor(pa.float16(), [l, l, l])),
+        ("low_res", pa.fixed_shape_tensor(pa.float16(), [lr, lr, lr])),
         ("spacing", pa.list_(pa.float64(), 3)),
         ("original_shape", pa.list_(pa.int32(), 3)),
         ("original_spacing", pa.list_(pa.float64(), 3)),
@@ -92,11 +92,11 @@ def split_for(vid: str, val_fraction: float) -> str:
 def rows_to_table(rows: list[dict], image_size: int) -> pa.Table:
     """Rows with numpy ``volume`` (S,S,S) and ``low_res`` arrays → an Arrow table of ``volume_schema``."""
     schema = volume_schema(image_size)
-    s, l = image_size, image_size // LOW_RES_FACTOR
+    s, lr = image_size, image_size // LOW_RES_FACTOR
     cols = {}
     for f in schema:
         if f.name in ("volume", "low_res"):
-            shape = (s, s, s) if f.name == "volume" else (l, l, l)
+            shape = (s, s, s) if f.name == "volume" else (lr, lr, lr)
             arr = np.stack([np.asarray(r[f.name], dtype=np.float16).reshape(shape) for r in rows]) if rows \
                 else np.zeros((0, *shape), np.float16)
             storage = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float16()), int(np.prod(shape)))

@@ -6,8 +6,9 @@ int16 NIfTI, then copied under new names up to ``--volumes``. Both contenders do
 ``process_unit`` (read, RAS, intensity, fit, low-res, staging Parquet) and then the same shard packing; the loop runs
 them one after another in this process, the pipeline is ``pipelines.preprocess.run`` on the local Ray (started
 before timing, warmed up on 2 volumes). Memory is the peak RSS of the driver and the peak summed RSS of Ray worker
-processes (``ray::*`` descendants of the driver; shared pages count in every process), sampled every 0.25 s, for ``--volumes``/10 and
-``--volumes`` inputs.
+processes (``ray::*`` descendants of the driver; shared pages count in every process), sampled every 0.25 s,
+for ``--volumes``/10 and ``--volumes`` inputs. The loop uses torch's intra-op threads for its interpolations; Ray
+workers run with one thread each (num_cpus=1).
 """
 
 from __future__ import annotations
