@@ -7,8 +7,9 @@ int16 NIfTI, then copied under new names up to ``--volumes``. Both contenders do
 them one after another in this process, the pipeline is ``pipelines.preprocess.run`` on the local Ray (started
 before timing, warmed up on 2 volumes). Memory is the peak RSS of the driver and the peak summed RSS of Ray worker
 processes (``ray::*`` descendants of the driver; shared pages count in every process), sampled every 0.25 s,
-for ``--volumes``/10 and ``--volumes`` inputs. The loop uses torch's intra-op threads for its interpolations; Ray
-workers run with one thread each (num_cpus=1).
+over ``--repeats`` timed repeats (the fastest time is reported: the box may be shared), for ``--volumes``/10 and
+``--volumes`` inputs. ``cpu_s_per_volume`` (driver + Ray processes) shows the work itself, free of contention. The
+loop uses torch's intra-op threads for its interpolations; Ray workers run with one thread each (num_cpus=1).
 """
 
 from __future__ import annotations
@@ -89,7 +90,20 @@ class PeakMemory:
             self.workers = max(self.workers, total)
             self._stop.wait(self.interval)
 
+    def cpu_seconds(self) -> float:
+        """user + system CPU seconds of this process and its descendants (Ray workers persist between runs)."""
+        me = self.psutil.Process()
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except self.psutil.Error:
+                continue
+        return total
+
     def __enter__(self):
+        self.cpu0 = self.cpu_seconds()
         self._t = threading.Thread(target=self._sample, daemon=True)
         self._t.start()
         return self
@@ -97,6 +111,7 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join(timeout=5)
+        self.cpu = self.cpu_seconds() - self.cpu0
 
 
 def run_loop(inputs: list[str], out: str, cfg) -> int:
@@ -113,21 +128,30 @@ def run_loop(inputs: list[str], out: str, cfg) -> int:
     return len(metas)
 
 
-def _measure(name: str, fn, files: list[Path]) -> dict:
+def _measure(name: str, fns, files: list[Path]) -> dict:
+    """Run each of ``fns`` (repeats into fresh outputs) and keep the fastest; memory peaks over all repeats."""
     mb = sum(f.stat().st_size for f in files) / 2**20
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        ok = fn()
-        dt = time.perf_counter() - t0
-    assert ok == len(files), f"{name}: {ok} of {len(files)} volumes prepared"
-    return {"run": name, "volumes": len(files), "input_MB": round(mb, 1), "seconds": dt, "volumes_per_s": len(files) / dt,
-            "input_MB_per_s": mb / dt, "peak_driver_MB": mem.driver / 2**20, "peak_workers_MB": mem.workers / 2**20}
+    times, cpus, driver, workers = [], [], 0, 0
+    for fn in fns:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            ok = fn()
+            times.append(time.perf_counter() - t0)
+        assert ok == len(files), f"{name}: {ok} of {len(files)} volumes prepared"
+        cpus.append(mem.cpu)
+        driver, workers = max(driver, mem.driver), max(workers, mem.workers)
+    dt = min(times)
+    return {"run": name, "volumes": len(files), "input_MB": round(mb, 1), "seconds": dt,
+            "all_seconds": " ".join(f"{t:.1f}" for t in times), "volumes_per_s": len(files) / dt,
+            "input_MB_per_s": mb / dt, "cpu_s_per_volume": min(cpus) / len(files),
+            "peak_driver_MB": driver / 2**20, "peak_workers_MB": workers / 2**20}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volumes", type=int, default=50, help="collection size (the memory run uses 1/10)")
     parser.add_argument("--config", default="ct128", help="preset or YAML for the prepared cube (default ct128)")
     parser.add_argument("--sizes", default="128,256", help="input cube edges of the generated collection")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per run; the fastest is reported")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--workdir", default=None, help="where to generate (default: a temp folder, removed after)")
 
@@ -159,13 +183,15 @@ def run(args: argparse.Namespace) -> None:
         def ray_run(folder, out):
             return lambda: preprocess.run([str(folder)], str(work / out), cfg)["volumes_ok"]
 
-        rows = [
-            _measure(f"ray data ({n_small})", ray_run(small, "out_ray_small"), sorted(small.iterdir())),
-            _measure(f"ray data ({n_big})", ray_run(work / "in_big", "out_ray_big"), files),
-            _measure(f"single-process loop ({n_big})",
-                     lambda: run_loop([str(work / "in_big")], str(work / "out_loop"), cfg), files),
-        ]
-        small_r, big_r, loop_r = rows
+        def loop_run(out):
+            return lambda: run_loop([str(work / "in_big")], str(work / out), cfg)
+
+        reps = range(max(1, args.repeats))
+        small_r = _measure(f"ray data ({n_small})", [ray_run(small, f"out_ray_small{i}") for i in reps],
+                           sorted(small.iterdir()))
+        big_r = _measure(f"ray data ({n_big})", [ray_run(work / "in_big", f"out_ray_big{i}") for i in reps], files)
+        loop_r = _measure(f"single-process loop ({n_big})", [loop_run(f"out_loop{i}") for i in reps], files)
+        rows = [small_r, big_r, loop_r]
         big_r["speedup_vs_loop"] = loop_r["seconds"] / big_r["seconds"]
         big_r["driver_mem_ratio_vs_small"] = big_r["peak_driver_MB"] / small_r["peak_driver_MB"]
         big_r["worker_mem_ratio_vs_small"] = big_r["peak_workers_MB"] / max(1e-9, small_r["peak_workers_MB"])
