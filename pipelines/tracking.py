@@ -1,0 +1,267 @@
+"""MLflow for ``crfgan train``: the run (params, input dataset), worker-side metrics and montages, model registry.
+
+Layout of one training run in MLflow:
+  experiment ``mlflow.experiment``; one run per (storage_path, run name) — a resumed Ray Train run continues the
+  same MLflow run (found by the tag ``crfgan.train_key``).
+  params     the whole config tree, flat (``model.crf.iterations`` …)
+  metrics    every loss, ``its_per_s``, ``samples_per_s``, ``peak_mem_mb_rank<i>``, ``val_l1``, ``resumed_from`` …
+  inputs     the shards as a MetaDataset (source URI, digest = manifest hash)
+  artifacts  ``data/manifest.json``, ``montages/step_<n>.png`` (mid axial/coronal/sagittal slices of G(z)),
+             ``generator/`` (a pyfunc model: generator.safetensors + config.json + the model code)
+  registry   ``mlflow.registered_model`` version with alias ``candidate`` and tags data_manifest_hash, git_commit.
+
+Tracking URI: ``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else ``sqlite:///<storage>/mlflow.db`` (embedded:
+a laptop needs no server; artifacts then live in ``<storage>/mlartifacts``). Clusters should use a server.
+The registered model is a models-from-code pyfunc: no pickle anywhere, weights in safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+
+ALIAS = "candidate"
+SECRET_KEYS = re.compile(r"(secret|token|password|access_key|credential|signature)", re.I)
+MODEL_CODE = '''"""CRF-GAN generator as an MLflow pyfunc (models from code): seeds in, volumes (B, S, S, S) out."""
+import mlflow
+from pipelines.tracking import GeneratorModel
+
+mlflow.models.set_model(GeneratorModel())
+'''
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def scrub_uri(uri: str) -> str:
+    """A URI fit for logs and MLflow: no user:password@ and no secret-looking query parameters."""
+    uri = str(uri)
+    if "://" not in uri:
+        return uri
+    p = urlsplit(uri)
+    netloc = p.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, "***" if SECRET_KEYS.search(k) else v) for k, v in parse_qsl(p.query)])
+    return urlunsplit((p.scheme, netloc, p.path, query, p.fragment))
+
+
+def is_local(path: str) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def tracking_uri(cfg, storage: str) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
+    if uri:
+        return uri
+    root = Path(storage if is_local(storage) else ".").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def manifest_hash(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_commit(cwd: str | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or os.getcwd(), capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def montage(volumes: np.ndarray) -> "PIL.Image.Image":  # noqa: F821
+    """(B, S, S, S) in [-1, 1], (z, y, x) → one grey image: a row per volume, axial | coronal | sagittal mid-slices."""
+    from PIL import Image
+
+    rows = []
+    for v in volumes:
+        s = v.shape[0] // 2
+        axial, coronal, sagittal = v[s], v[:, s][::-1], v[:, :, s][::-1]  # superior up for the side views
+        rows.append(np.concatenate([axial, coronal, sagittal], axis=1))
+    img = np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
+    scale = max(1, 256 // volumes.shape[1])
+    return Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+
+
+def seeds_to_z(seeds, latent_dim: int):
+    """One latent per integer seed, the same on every machine (torch's CPU generator)."""
+    import torch
+
+    zs = [torch.randn(1, latent_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.cat(zs)  # (B, L)
+
+
+def render_volumes(g, cfg, seeds, device="cpu") -> np.ndarray:
+    import torch
+
+    sy = cfg.synth
+    with torch.no_grad():
+        z = seeds_to_z(seeds, cfg.model.latent_dim).to(device)
+        vol = g.render(z, tiled=sy.tiled, slab=sy.slab_embedding_slices, halo=sy.halo, norm_stats=sy.norm_stats)
+    return vol[:, 0].float().cpu().numpy()  # (B, S, S, S)
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+def start_run(cfg, storage: str, run_name: str, data_uri: str, manifest: dict) -> tuple[str, str]:
+    """Create (or, for a resumed Ray run, reopen) the MLflow run; returns (tracking_uri, run_id)."""
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg, storage)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is None:
+        loc = None
+        if uri.startswith("sqlite:") and is_local(storage):
+            loc = (Path(storage).expanduser().resolve() / "mlartifacts").as_uri()
+        exp_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
+    else:
+        exp_id = exp.experiment_id
+    key = hashlib.sha256(f"{storage}|{run_name}".encode()).hexdigest()[:16]
+    found = client.search_runs([exp_id], f"tags.`crfgan.train_key` = '{key}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    params = {k: str(v)[:6000] for k, v in cfg.flat().items()}
+    if found:
+        run = found[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        old = run.data.params
+        new = [Param(k, v) for k, v in params.items() if k not in old]
+        changed = {f"resume.{k}": v for k, v in params.items() if k in old and old[k] != v}
+        print(f"[train] continuing MLflow run {run.info.run_id}", flush=True)
+    else:
+        run = client.create_run(exp_id, run_name=run_name, tags={"crfgan.train_key": key})
+        new, changed = [Param(k, v) for k, v in params.items()], {}
+    run_id = run.info.run_id
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i : i + 100])
+    mhash = manifest_hash(manifest)
+    tags = {"crfgan.storage_path": scrub_uri(storage), "crfgan.run_name": run_name, "crfgan.data_uri": scrub_uri(data_uri),
+            "crfgan.config_hash": cfg.hash(), "data_manifest_hash": mhash, "git_commit": git_commit(), **changed}
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "manifest.json"
+        p.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        client.log_artifact(run_id, str(p), artifact_path="data")
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_input(_meta_dataset(data_uri, mhash, manifest), context="training")
+    client.update_run(run_id, status="RUNNING")
+    return uri, run_id
+
+
+def _meta_dataset(data_uri: str, digest: str, manifest: dict):
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    clean = scrub_uri(data_uri)
+    try:
+        source = resolve_dataset_source(clean if "://" in clean else str(Path(clean).resolve()))
+    except Exception:  # an unusual scheme: still record where the shards were
+        source = HTTPDatasetSource(clean)
+    counts = manifest.get("counts", {}).get("split", {})
+    name = f"crfgan-shards-{manifest.get('image_size', '?')}-" + "-".join(f"{k}{v}" for k, v in sorted(counts.items()))
+    return MetaDataset(source=source, name=name, digest=digest)
+
+
+def end_run(uri: str, run_id: str, ok: bool) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dict) -> tuple[str, str]:
+    """Log the generator as a models-from-code pyfunc, register a version, alias it ``candidate``; (name, version)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    name = cfg.mlflow.registered_model
+    with tempfile.TemporaryDirectory() as d:
+        code = Path(d) / "crfgan_generator_model.py"
+        code.write_text(MODEL_CODE)
+        pkg = Path(__file__).resolve().parent.parent
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
+                code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
+                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch})
+    client = MlflowClient(uri)
+    version = str(info.registered_model_version)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    client.set_registered_model_alias(name, ALIAS, version)
+    return name, version
+
+
+# ------------------------------------------------------------------------------------------------ pyfunc model
+try:
+    import mlflow.pyfunc as _pyfunc
+
+    _Base = _pyfunc.PythonModel
+except ImportError:  # mlflow is optional for the rest of this module
+    _Base = object
+
+
+class GeneratorModel(_Base):
+    """predict(seeds) → volumes (B, S, S, S) float32 in [-1, 1]; seeds: ints, a 1-D array or a frame with ``seed``."""
+
+    def load_context(self, context):
+        from crfgan.checkpoint import load_generator
+
+        self.g = load_generator(context.artifacts["generator"])
+        self.cfg = self.g.config
+
+    def predict(self, context, model_input, params=None):
+        if hasattr(model_input, "columns"):
+            seeds = model_input["seed"] if "seed" in model_input.columns else model_input.iloc[:, 0]
+        else:
+            seeds = model_input
+        seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
+        return render_volumes(self.g, self.cfg, seeds)
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+class WorkerTracker:
+    """Rank 0's logger: batched metrics and montage PNGs into the driver's MLflow run."""
+
+    def __init__(self, uri: str, run_id: str, cfg):
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id, self.cfg = MlflowClient(uri), run_id, cfg
+        self.pending: list = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if len(self.pending) >= 200:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+        self.pending = []
+
+    def log_montage(self, g, step: int, device) -> None:
+        was = g.training
+        g.eval()
+        try:
+            vols = render_volumes(g, self.cfg, seeds=[0, 1], device=device)
+        finally:
+            g.train(was)
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / f"step_{step:07d}.png"
+            montage(vols).save(p)
+            self.client.log_artifact(self.run_id, str(p), artifact_path="montages")

@@ -1,0 +1,202 @@
+"""``crfgan train``: CRF-GAN / HA-GAN training on Ray Train v2 (DDP, checkpoints, fault tolerance, MLflow).
+
+    crfgan train --data SHARDS_URI --config tiny [--run-name NAME] [--storage PATH_OR_S3] [key=value ...]
+    crfgan train --data SHARDS_URI --config tiny --local        # one process, crfgan.trainer.train_local
+    ray job submit --address http://HEAD:8265 --working-dir . -- crfgan train --data s3://… --config ct128
+
+Joins ``RAY_ADDRESS`` (set by ``ray job submit``) or starts a local Ray. The run lives at
+``<storage>/<run name>`` (``train.storage_path`` / ``train.run_name`` unless given here); rerunning with the same
+storage and name resumes from its latest checkpoint, and ``FailureConfig(train.max_failures)`` restarts the
+worker group from it after a worker dies. S3 storage: ``s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http``
+for S3-compatible endpoints. The per-worker loop is ``pipelines/train_loop.py``; MLflow glue ``pipelines/tracking.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipelines.args import add_config_arguments, config_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="URI", help="output of crfgan preprocess (folder or s3://bucket/prefix)")
+    p.add_argument("--local", action="store_true", help="train in this process (no Ray) with crfgan.trainer.train_local")
+    p.add_argument("--run-name", default=None, help="Ray Train run name (default: train.run_name); same name = resume")
+    p.add_argument("--storage", default=None, metavar="PATH_OR_S3", help="checkpoint storage (default: train.storage_path)")
+    p.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking and model registration")
+    add_config_arguments(p)
+
+
+def _apply(cfg, args):
+    if args.run_name:
+        cfg.train.run_name = args.run_name
+    if args.storage:
+        cfg.train.storage_path = args.storage
+    return cfg
+
+
+def storage_uri(path: str) -> str:
+    """Local paths become absolute (Ray Train needs that); URIs pass through."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def ensure_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+    return ray
+
+
+def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
+    """Ray Datasets over the shards (only the ``volume`` column is read); val falls back to train when empty."""
+    import ray.data
+
+
+    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    s = cfg.model.image_size
+    if manifest.get("image_size") not in (None, s):
+        raise ValueError(f"{data_uri}: shards hold {manifest['image_size']}³ volumes but model.image_size={s}; "
+                         f"preprocess with the same config or set model.image_size={manifest['image_size']}")
+
+    def read(split: str):
+        # One item per volume (= one Parquet row group), read by a zero-CPU task: streaming, and no CPU-bound
+        # listing task that could wait forever while the training workers hold every CPU of a small machine.
+        items = [{"shard": f"{data_uri.rstrip('/')}/{sh['path']}", "row_group": i}
+                 for sh in manifest["shards"] if sh["split"] == split for i in range(sh["volumes"])]
+        if not items:
+            return None
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        return ds.map(functools.partial(_read_volume, endpoint=endpoint), num_cpus=data_cpus)
+    train = read("train")
+    if train is None:
+        raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
+    val = read("val")
+    if val is None:
+        print("[train] warning: no val split in the shards; val_l1 is computed on train volumes", flush=True)
+        val = read("train")
+    return {"train": train, "val": val}
+
+
+def _read_volume(item: dict, endpoint: str = "") -> dict:
+    import pyarrow.parquet as pq
+
+    from crfgan.shards import filesystem
+
+    fs, path = filesystem(item["shard"], endpoint)
+    t = pq.ParquetFile(path, filesystem=fs).read_row_group(item["row_group"], columns=["volume"])
+    return {"volume": t.column("volume").combine_chunks().to_numpy_ndarray()[0]}  # (S, S, S) float16
+
+
+def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
+                 data_cpus: float | None = None, register: bool = True) -> dict:
+    """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version)."""
+    from crfgan.shards import read_manifest
+    from pipelines import tracking
+
+    ray = ensure_ray()
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    storage = storage_uri(t.storage_path)
+    manifest = read_manifest(data_uri, cfg.data.s3_endpoint)
+    if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
+        free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker
+        data_cpus = 1.0 if free >= 1 else 0.0
+    datasets = _datasets(cfg, data_uri, manifest, data_cpus)
+    loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir}
+    uri = run_id = None
+    if mlflow_enabled:
+        uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest)
+        loop_config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    trainer = TorchTrainer(
+        _loop(),
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=t.run_name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: rank 0 streams its first volumes
+    )
+    print(f"[train] {cfg.model.arch} {cfg.model.image_size}³ × {t.iterations} iterations on {t.num_workers} worker(s) "
+          f"→ {tracking.scrub_uri(storage)}/{t.run_name}", flush=True)
+    ok = False
+    try:
+        result = trainer.fit()
+        ok = True
+    finally:
+        if mlflow_enabled and not ok:
+            tracking.end_run(uri, run_id, ok=False)
+    summary = {"checkpoint": result.checkpoint.path if result.checkpoint else None, "metrics": dict(result.metrics or {}),
+               "run_id": run_id, "tracking_uri": uri, "model": None, "state": None}
+    if result.checkpoint is not None:
+        import json
+
+        from crfgan.checkpoint import load_generator, save_generator
+
+        with result.checkpoint.as_directory() as d:
+            summary["state"] = json.loads((Path(d) / "state.json").read_text())
+            if mlflow_enabled and register:
+                with tempfile.TemporaryDirectory() as tmp:
+                    g = load_generator(d)
+                    gdir = save_generator(Path(tmp) / "generator", cfg, g,
+                                          {"iterations": summary["state"]["iteration"], "mlflow_run_id": run_id})
+                    tags = {"data_manifest_hash": tracking.manifest_hash(manifest), "git_commit": tracking.git_commit(),
+                            "iterations": summary["state"]["iteration"], "config_hash": cfg.hash()}
+                    summary["model"] = tracking.register_generator(uri, run_id, cfg, str(gdir), tags)
+    if mlflow_enabled:
+        tracking.end_run(uri, run_id, ok=True)
+    return summary
+
+
+def _loop():
+    from pipelines.train_loop import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
+def run_local(cfg, data_uri: str) -> int:
+    """``--local``: stream the train split's volumes into memory and run the single-process trainer."""
+    import numpy as np
+
+    from crfgan.shards import read_volumes
+    from crfgan.trainer import train_local
+
+    vols = np.stack([r["volume"] for r in read_volumes(data_uri, "train", cfg.data.s3_endpoint)])
+    out = Path(storage_uri(cfg.train.storage_path)) / cfg.train.run_name
+    res = train_local(cfg, vols, out_dir=out)
+    print(f"[train] local: {res.iterations} iterations in {res.seconds:.1f}s; generator at {res.generator_path}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = _apply(config_from_args(args), args)
+    if args.local:
+        if "://" in cfg.train.storage_path:
+            print("train: --local writes checkpoints to a local folder; pass --storage PATH", file=sys.stderr)
+            return 2
+        return run_local(cfg, args.data)
+    try:
+        summary = run_training(cfg, args.data, mlflow_enabled=not args.no_mlflow)
+    except FileNotFoundError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
+    m = summary["metrics"]
+    print(f"[train] done: iteration {m.get('iteration')} val_l1 {m.get('val_l1')} checkpoint "
+          f"{summary['checkpoint']}" + (f"; model {summary['model'][0]} v{summary['model'][1]} @ {'candidate'}"
+                                        if summary["model"] else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="crfgan train")
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))

@@ -1,0 +1,80 @@
+"""A real ``mlflow server`` on loopback (sqlite backend, artifacts in tmp) and real-scan tiny shards.
+
+Import into a test module: ``from tests.pipelines.mlflow_fixtures import mlflow_server, tiny_shards  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SCANS = [DATA / "ct/example_ct.nii.gz", DATA / "mri/FLAIR.nii.gz", DATA / "mri/MNI152_2009_template.nii.gz"]
+# 0.13 puts one of the three scans (by the stable hash of its path) into val and two into train: one per worker.
+VAL_FRACTION = "0.13"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """``http://127.0.0.1:PORT`` of a real MLflow tracking server, terminated at teardown."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not healthy after 90 s: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_local, tmp_path_factory):
+    """The three real scans preprocessed (tiny, 32³) by the issue-3 pipeline: 2 train volumes, 1 val."""
+    from crfgan.config import load_config
+    from pipelines.preprocess import run
+
+    missing = [str(p) for p in SCANS if not p.exists()]
+    assert not missing, f"real scans missing: {missing}"
+    out = tmp_path_factory.mktemp("shards")
+    cfg = load_config("tiny", [f"data.val_fraction={VAL_FRACTION}"])
+    manifest = run([str(p) for p in SCANS], str(out), cfg)
+    split = manifest["counts"]["split"]
+    assert split.get("train", 0) >= 2 and split.get("val", 0) >= 1, f"expected ≥2 train and ≥1 val volumes, got {split}"
+    return str(out)
