@@ -173,6 +173,13 @@ class Config:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def data_hash(self) -> str:
+        """Hash of what prepared volumes depend on (``data.*`` that shapes voxels, and S): preprocessing's cache key,
+        so changing training settings never forces a re-run of preprocessing."""
+        d = {k: v for k, v in self.to_dict()["data"].items() if k not in ("s3_endpoint", "max_error_fraction")}
+        blob = json.dumps({"data": d, "image_size": self.model.image_size}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def validate(self) -> Config:
         m = self.model
         _check(m.arch in ("crfgan", "hagan"), "model.arch", f"must be crfgan or hagan, got {m.arch!r}")
@@ -313,7 +320,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
         if p.suffix in (".yaml", ".yml") or p.exists():
             if not p.is_file():
                 raise ConfigError(f"config file {p} does not exist")
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
             cfg.name = p.stem
         else:
             res = resources.files("crfgan.configs") / f"{name_or_path}.yaml"
@@ -321,7 +328,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
                 close = difflib.get_close_matches(str(name_or_path), preset_names(), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; presets: {', '.join(preset_names())}"
                 raise ConfigError(f"unknown config preset {name_or_path!r}{hint}")
-            text = res.read_text()
+            text = res.read_text(encoding="utf-8")
             cfg.name = str(name_or_path)
         try:
             mapping = yaml.safe_load(text) or {}

@@ -24,7 +24,7 @@ original_spacing   fixed_size_list<float64>[3]                    the scan's vox
 image_size         int32                                          S
 slab_depth         int32                                          S/8: axial slices per sub-volume
 num_slabs          int32                                          S / slab_depth = 8
-config_hash        string                                         ``cfg.hash()`` of the run
+config_hash        string                                         ``cfg.data_hash()``: data settings + S
 =================  =============================================  ==========================================
 
 Storage trade-off: the volume is stored once, C-ordered (z, y, x), so a sub-volume at any depth position

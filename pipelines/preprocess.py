@@ -105,7 +105,7 @@ def _reason(e: BaseException) -> str:
 def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
     """Prepare every volume of one unit into ``_staging/<key>.parquet``; returns small JSON-able metadata."""
     fs, root = filesystem(out_uri, endpoint)
-    key = sources.unit_key(unit, cfg.hash())
+    key = sources.unit_key(unit, cfg.data_hash())
     staging = join(root, STAGING_DIR, f"{key}.parquet")
     if exists(fs, staging):
         meta = pq.ParquetFile(staging, filesystem=fs).schema_arrow.metadata or {}
@@ -128,7 +128,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                            "spacing": list(spacing), "original_shape": [int(v) for v in scan.meta["original_shape"]],
                            "original_spacing": [float(v) for v in scan.meta["original_spacing"]], "image_size": s,
                            "slab_depth": cfg.model.slab_depth, "num_slabs": s // cfg.model.slab_depth,
-                           "config_hash": cfg.hash()}
+                           "config_hash": cfg.data_hash()}
                     rows.append(row)
                     metas.append({"volume_id": vid, "source_uri": name, "split": row["split"], "modality": modality,
                                   "spacing": row["spacing"], "original_shape": row["original_shape"],
@@ -224,7 +224,7 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
 
     try:
         old = {s["path"]: s for s in read_manifest(output, endpoint)["shards"]} \
-            if read_manifest(output, endpoint).get("config_hash") == cfg.hash() else {}
+            if read_manifest(output, endpoint).get("config_hash") == cfg.data_hash() else {}
     except (FileNotFoundError, OSError, KeyError, ValueError):
         old = {}
     shards, todo = [], []
@@ -250,7 +250,7 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     manifest = {
         "volumes_ok": len(metas), "volumes_failed": len(errors), "inputs": len(units),
         "units_skipped": sum(r["skipped"] for r in results),
-        "errors_path": join(output.rstrip("/"), ERRORS), "shards": shards, "config_hash": cfg.hash(),
+        "errors_path": join(output.rstrip("/"), ERRORS), "shards": shards, "config_hash": cfg.data_hash(),
         "config": cfg.to_dict(), "package_version": crfgan.__version__, "counts": counts,
         "volume_shape": [s, s, s], "low_res_shape": [s // 4] * 3, "axis_order": "zyx", "dtype": "float16",
         "image_size": s, "slab_depth": cfg.model.slab_depth,

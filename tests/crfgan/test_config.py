@@ -71,3 +71,10 @@ def test_crf_node_defaults():
     assert crf_num_nodes(cfg.model) == 8  # one node per rendered sub-volume
     cfg.model.crf.nodes = "channels"
     assert crf_num_nodes(cfg.model) == 32  # the reference count at 128³
+
+
+def test_data_hash_ignores_training_settings_but_not_data_ones():
+    a = load_config("tiny")
+    assert a.data_hash() == load_config("tiny", ["train.iterations=5", "model.crf.iterations=2"]).data_hash()
+    assert a.data_hash() != load_config("tiny", ["data.spacing_mm=2.0"]).data_hash()
+    assert a.data_hash() != load_config("tiny", ["model.image_size=64"]).data_hash()
