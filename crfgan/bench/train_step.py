@@ -94,6 +94,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype (GPU rows)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing in G^A")
+    p.add_argument("--hagan-plain", action="store_true",
+                   help="run the HA-GAN rows in fp32 without checkpointing (the published baseline), whatever --amp says")
 
 
 def run(args) -> None:
@@ -105,11 +107,13 @@ def run(args) -> None:
         for arch in args.arch.split(","):
             variants = args.variants.split(",") if arch == "crfgan" else ["reference-seq"]
             for variant in variants:
+                plain = arch == "hagan" and getattr(args, "hagan_plain", False)
+                amp, ckpt = ("none", False) if plain else (args.amp, args.checkpointing)
                 case = {"arch": arch, "variant": variant, "size": size, "batch": args.batch, "iters": args.iters,
-                        "device": device, "amp": args.amp, "checkpointing": args.checkpointing}
+                        "device": device, "amp": amp, "checkpointing": ckpt}
                 r = run_case(__name__, case)
                 rows.append({"arch": arch, "variant": variant, "size": size, "batch": args.batch, "device": device,
-                             "amp": args.amp, "ckpt": args.checkpointing, **r})
+                             "amp": amp, "ckpt": ckpt, **r})
                 print(f"  {arch} {variant} {size}³: {r['s_per_iter']:.3f} s/iter, {r['peak_mb']:.0f} MB", flush=True)
     mem = "CUDA max_memory_allocated" if device == "cuda" else "peak RSS above the process baseline"
     emit(f"train-step ({device}; peak_mb = {mem})", rows, args.json,
