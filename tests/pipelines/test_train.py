@@ -1,0 +1,122 @@
+"""Ray Train runs of the tiny config on real-scan shards: a worker killed by pid mid-run, resume by run name with
+checkpoints on the loopback S3 endpoint, and ``crfgan train --local``."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.pipelines.mlflow_fixtures import tiny_shards  # noqa: F401
+
+
+def _tiny(storage, name, iters, workers, every, *extra):
+    from crfgan.config import load_config
+
+    return load_config("tiny", [f"train.iterations={iters}", f"train.num_workers={workers}",
+                                f"train.checkpoint_every={every}", f"train.log_every={every}", f"train.val_every={iters}",
+                                "train.max_failures=2", f"train.storage_path={storage}", f"train.run_name={name}", *extra])
+
+
+def _assert_lineage(state: dict, iters: int, samples_per_iter: int) -> list:
+    """The checkpoint's lineage tiles [0, iters) with no overlap: no iteration was counted twice or skipped."""
+    lineage = state["lineage"]
+    assert lineage[0][0] == 0 and lineage[-1][1] == iters, lineage
+    assert all(a[1] == b[0] for a, b in zip(lineage, lineage[1:])), f"gap or overlap in {lineage}"
+    assert sum(e - s for s, e in lineage) == iters
+    assert state["iteration"] == iters and state["samples_seen"] == iters * samples_per_iter
+    return lineage
+
+
+def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tiny_shards, tmp_path):  # noqa: F811
+    from pipelines.train import run_training
+
+    iters, every = 40, 5
+    storage, status = tmp_path / "runs", tmp_path / "status"
+    cfg = _tiny(storage, "fault", iters, 2, every)
+    killed: dict = {}
+
+    def killer():
+        """Once the controller has registered a checkpoint (its snapshot lists one) and rank 1 runs its first
+        attempt, SIGKILL rank 1's process. A checkpoint folder alone is not enough: it exists while it is uploaded,
+        before it is registered, and a restart then (rightly) begins from scratch. Bounded wait."""
+        snapshot = storage / "fault" / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                registered = [r["metrics"]["iteration"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+            except (OSError, ValueError, KeyError):
+                registered = []
+            pids = [json.loads(open(p).read()) for p in glob.glob(str(status / "rank1-pid*.json"))]
+            if registered and pids:
+                killed["pid"], killed["registered"] = pids[0]["pid"], max(registered)
+                os.kill(pids[0]["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    summary = run_training(cfg, tiny_shards, mlflow_enabled=False, status_dir=str(status))
+    th.join(timeout=5)
+    assert killed.get("pid"), "the killer never found a checkpoint and rank 1's pid"
+
+    state = summary["state"]
+    lineage = _assert_lineage(state, iters, samples_per_iter=2 * cfg.train.batch_size)
+    assert len(lineage) == 2, f"expected exactly one resume, lineage {lineage}"
+    resumed_at = lineage[1][0]
+    assert resumed_at % every == 0 and killed["registered"] <= resumed_at < iters
+    assert summary["metrics"]["iteration"] == iters and summary["metrics"]["start_iteration"] == resumed_at
+    assert summary["metrics"]["param_divergence"] == 0.0  # DDP kept both ranks' weights identical
+    # a new process took rank 1 over, and it started at the resumed checkpoint
+    rank1 = [json.loads(open(p).read()) for p in glob.glob(str(status / "rank1-pid*.json"))]
+    assert sorted(r["start_iteration"] for r in rank1) == [0, resumed_at]
+    assert {r["pid"] for r in rank1} - {killed["pid"]}, "rank 1 never restarted in a new process"
+
+
+def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_server):  # noqa: F811
+    import boto3
+
+    from pipelines.cli import main as cli_main
+
+    bucket = "crfgan-ckpt"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    host = s3_server.split("://", 1)[1]
+    storage = f"s3://{bucket}/runs?endpoint_override={host}&scheme=http"
+    common = ["train", "--data", tiny_shards, "--config", "tiny", "--storage", storage, "--run-name", "resume",
+              "--no-mlflow", "train.num_workers=1", "train.checkpoint_every=3", "train.log_every=3", "train.val_every=3"]
+    assert cli_main(common + ["train.iterations=6"]) == 0
+    assert cli_main(common + ["train.iterations=9"]) == 0  # same name: continues at 6, not from scratch
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/resume/")["Contents"]]
+    states = sorted(k for k in keys if k.endswith("/state.json"))
+    assert states, f"no checkpoint in S3: {keys[:20]}"
+    assert any(k.endswith("weights.safetensors") for k in keys)
+    latest = max((json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in states),
+                 key=lambda st: st["iteration"])
+    assert _assert_lineage(latest, 9, samples_per_iter=latest["world_size"] * 2) == [[0, 6], [6, 9]]
+
+
+def test_local_trainer_from_shards(tiny_shards, tmp_path):  # noqa: F811
+    from pipelines.cli import main as cli_main
+
+    rc = cli_main(["train", "--local", "--data", tiny_shards, "--config", "tiny", "--storage", str(tmp_path),
+                   "--run-name", "loc", "train.iterations=4", "train.log_every=2", "train.checkpoint_every=2"])
+    assert rc == 0
+    assert (tmp_path / "loc" / "generator" / "generator.safetensors").is_file()
+    assert (tmp_path / "loc" / "checkpoint_000004" / "state.json").is_file()
+
+
+def test_shard_size_mismatch_is_a_clear_error(tiny_shards):  # noqa: F811
+    from crfgan.config import load_config
+    from crfgan.shards import read_manifest
+    from pipelines.train import _datasets
+
+    cfg = load_config("tiny", ["model.image_size=64"])
+    with pytest.raises(ValueError, match="model.image_size=32"):
+        _datasets(cfg, tiny_shards, read_manifest(tiny_shards), 0.0)
