@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import random
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from pipelines.args import add_config_arguments, config_from_args
+
+
+EPOCH_MIN_ROWS = 256  # rows per Ray Data epoch of the train split (the item list repeats when it is shorter)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,23 +61,29 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
     """Ray Datasets over the shards (only the ``volume`` column is read); val falls back to train when empty."""
     import ray.data
 
-
     endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     s = cfg.model.image_size
     if manifest.get("image_size") not in (None, s):
         raise ValueError(f"{data_uri}: shards hold {manifest['image_size']}³ volumes but model.image_size={s}; "
                          f"preprocess with the same config or set model.image_size={manifest['image_size']}")
 
-    def read(split: str):
-        # One item per volume (= one Parquet row group), read by a zero-CPU task: streaming, and no CPU-bound
+    def read(split: str, min_rows: int = 1):
+        # One item per volume (= one Parquet row group), read by zero-CPU tasks: streaming, and no CPU-bound
         # listing task that could wait forever while the training workers hold every CPU of a small machine.
         items = [{"shard": f"{data_uri.rstrip('/')}/{sh['path']}", "row_group": i}
                  for sh in manifest["shards"] if sh["split"] == split for i in range(sh["volumes"])]
         if not items:
             return None
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        # A Ray Data epoch costs a fixed start-up (and a barrier between workers); with few volumes, one epoch
+        # walks the (tiny) item list several times in a new seeded order each pass, so the start-up is amortised.
+        rng = random.Random(cfg.train.seed)
+        passes = [rng.sample(items, len(items)) for _ in range(max(1, -(-min_rows // len(items))))]
+        items = [it for p in passes for it in p]
+        per_block = int(min(16, max(1, 64 * 2**20 // (2 * s**3))))  # ≈ 64 MiB of float16 volumes per read task
+        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // per_block)))
         return ds.map(functools.partial(_read_volume, endpoint=endpoint), num_cpus=data_cpus)
-    train = read("train")
+
+    train = read("train", min_rows=EPOCH_MIN_ROWS)
     if train is None:
         raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
     val = read("val")
@@ -110,7 +120,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
         free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker
         data_cpus = 1.0 if free >= 1 else 0.0
     datasets = _datasets(cfg, data_uri, manifest, data_cpus)
-    loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir}
+    loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir, "torch_threads": t.cpus_per_worker}
     uri = run_id = None
     if mlflow_enabled:
         uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest)

@@ -147,6 +147,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))  # intra-op threads = the worker's CPUs
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     nets = build_networks(cfg).to(device).train()
@@ -185,9 +187,13 @@ def train_loop_per_worker(config: dict) -> None:
     val_iter = ray.train.get_dataset_shard("val") if rank == 0 else None
     samples_per_iter = world * t.batch_size
     sums: dict[str, float] = {}
+    data_s = 0.0  # time spent waiting for batches in the current report window
     n_sum, win_t0, win_it = 0, time.perf_counter(), start_it
+    steady_t0 = steady_it = None  # from the first report on: no start-up, no warm-up (the benchmark's figure)
     for it in range(start_it, t.iterations):
+        t_data = time.perf_counter()
         real = next(data).to(device, non_blocking=True)
+        data_s += time.perf_counter() - t_data
         losses = train_step(nets, opts, real, it, cfg, rng, amp)
         done = it + 1
         for k, v in losses.items():
@@ -205,6 +211,9 @@ def train_loop_per_worker(config: dict) -> None:
         if bad:
             raise FloatingPointError(f"iteration {done}: non-finite {', '.join(bad)}")
         its = (done - win_it) / max(dt, 1e-9)
+        if steady_t0 is not None:
+            metrics["its_per_s_steady"] = (done - steady_it) / max(time.perf_counter() - steady_t0, 1e-9)
+        metrics["data_wait_frac"] = data_s / max(dt, 1e-9)  # share of the window spent waiting for data
         metrics.update(iteration=done, its_per_s=its, samples_per_s=its * samples_per_iter,
                        samples_seen=done * samples_per_iter, start_iteration=start_it, world_size=world)
         peaks = _gather(peak_memory_mb(device))
@@ -231,6 +240,8 @@ def train_loop_per_worker(config: dict) -> None:
             tracker.log_metrics(metrics, step=done)
             if is_val:
                 tracker.log_montage(raw(nets.g), done, device)
-        sums, n_sum, win_t0, win_it = {}, 0, time.perf_counter(), done
+        sums, n_sum, win_t0, win_it, data_s = {}, 0, time.perf_counter(), done, 0.0
+        if steady_t0 is None:
+            steady_t0, steady_it = win_t0, done
     if tracker is not None:
         tracker.flush()
