@@ -77,8 +77,8 @@ def git_commit(cwd: str | None = None) -> str:
         return "unknown"
 
 
-def montage(volumes: np.ndarray) -> "PIL.Image.Image":  # noqa: F821
-    """(B, S, S, S) in [-1, 1], (z, y, x) → one grey image: a row per volume, axial | coronal | sagittal mid-slices."""
+def montage(volumes: np.ndarray):
+    """(B, S, S, S) in [-1, 1], (z, y, x) → one grey PIL image: a row per volume, axial | coronal | sagittal mid-slices."""
     from PIL import Image
 
     rows = []

@@ -199,9 +199,11 @@ def main(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"train: {e}", file=sys.stderr)
         return 2
+    from pipelines import tracking
+
     m = summary["metrics"]
     print(f"[train] done: iteration {m.get('iteration')} val_l1 {m.get('val_l1')} checkpoint "
-          f"{summary['checkpoint']}" + (f"; model {summary['model'][0]} v{summary['model'][1]} @ {'candidate'}"
+          f"{summary['checkpoint']}" + (f"; model {summary['model'][0]} v{summary['model'][1]} @ {tracking.ALIAS}"
                                         if summary["model"] else ""), flush=True)
     return 0
 

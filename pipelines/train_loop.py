@@ -223,7 +223,9 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["val_l1"] = _broadcast_float(v, device)
         rngs = _gather({"torch": rng_state(), "np": rng.bit_generator.state}) if is_ckpt else None
         if is_ckpt:  # DDP health: every rank must hold the same weights (0 unless gradients were not all-reduced)
-            sums_r = _gather([float(sum(p.double().sum() for p in raw(mod).parameters())) for _, mod in nets.items()])
+            with torch.no_grad():
+                local_sums = [float(sum(p.double().sum() for p in raw(mod).parameters())) for _, mod in nets.items()]
+            sums_r = _gather(local_sums)
             metrics["param_divergence"] = max(abs(a - b) for r in sums_r for a, b in zip(r, sums_r[0]))
         tmp = None
         checkpoint = None

@@ -120,3 +120,15 @@ def test_shard_size_mismatch_is_a_clear_error(tiny_shards):  # noqa: F811
     cfg = load_config("tiny", ["model.image_size=64"])
     with pytest.raises(ValueError, match="model.image_size=32"):
         _datasets(cfg, tiny_shards, read_manifest(tiny_shards), 0.0)
+
+
+def test_hagan_baseline_two_workers_keep_ddp_ranks_in_sync(ray_local, tiny_shards, tmp_path):  # noqa: F811
+    """HA-GAN adds G^L, D^L and E^G, each its own DDP wrapper: no unused-parameter errors, identical weights."""
+    from pipelines.train import run_training
+
+    cfg = _tiny(tmp_path, "hagan", 6, 2, 3, "model.arch=hagan")
+    summary = run_training(cfg, tiny_shards, mlflow_enabled=False)
+    m = summary["metrics"]
+    assert m["iteration"] == 6 and m["param_divergence"] == 0.0
+    assert all(k in m for k in ("d_loss", "g_loss", "e_loss", "e_sub_loss")) and "crf_loss" not in m
+    _assert_lineage(summary["state"], 6, samples_per_iter=2 * cfg.train.batch_size)
