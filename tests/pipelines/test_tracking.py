@@ -106,3 +106,25 @@ def test_scrub_uri_hides_credentials():
     s = scrub_uri("s3://AKIA:SECRETVALUE@bucket/p?endpoint_override=127.0.0.1:9000&secret_key=xyz&scheme=http")
     assert "SECRETVALUE" not in s and "xyz" not in s and "AKIA" not in s
     assert s.startswith("s3://bucket/p?") and "endpoint_override=127.0.0.1%3A9000" in s
+
+
+def test_rerun_with_same_name_continues_the_mlflow_run(tracked_run, tiny_shards, mlflow_server):  # noqa: F811
+    """Runs last in this module: resuming the Ray run (same storage + name) reopens its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from crfgan.config import config_from_dict
+    from pipelines.train import run_training
+
+    cfg, first, _ = tracked_run
+    d = cfg.to_dict()
+    d["train"]["iterations"] = ITERS + 3
+    again = run_training(config_from_dict(d), tiny_shards)
+    assert again["run_id"] == first["run_id"]
+    assert again["state"]["lineage"] == [[0, ITERS], [ITERS, ITERS + 3]]
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["resume.train.iterations"] == str(ITERS + 3)
+    assert [(h.step, h.value) for h in client.get_metric_history(first["run_id"], "resumed_from")] == [(0, 0), (ITERS, ITERS)]
+    name, version = again["model"]
+    assert int(version) == int(first["model"][1]) + 1
+    assert client.get_model_version_by_alias(name, "candidate").version == version
