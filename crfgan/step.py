@@ -65,7 +65,8 @@ class Amp:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        """Backward and update; gradients are dropped right after, so only one network's exist at a time."""
+        """Backward and update; gradients are freed right after, so only one network's exist at a time
+        (on CPU this relies on ``crfgan.memory.pin_mmap_threshold`` to hand the freed buffers back to the OS)."""
         opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()

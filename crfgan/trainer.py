@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_generator, set_rng_state
 from .config import Config
+from .memory import pin_mmap_threshold
 from .models import Networks, build_networks, build_optimizers
 from .step import Amp, train_step
 
@@ -82,6 +83,8 @@ def train_local(
         f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
     )
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu":
+        pin_mmap_threshold()
     rng = seed_everything(t.seed)
     nets = build_networks(cfg).to(dev).train()
     opts = build_optimizers(cfg, nets)

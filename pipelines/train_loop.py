@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
+from crfgan.memory import pin_mmap_threshold
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
 from crfgan.models import build_networks, build_optimizers
@@ -147,6 +148,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        pin_mmap_threshold()  # freed gradient buffers go back to the OS (see crfgan.memory)
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))  # intra-op threads = the worker's CPUs
 

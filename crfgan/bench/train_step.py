@@ -32,6 +32,7 @@ def measure(case: dict) -> dict:
     import torch
 
     from crfgan.config import load_config
+    from crfgan.memory import pin_mmap_threshold
     from crfgan.models import build_networks, build_optimizers
     from crfgan.step import Amp, train_step
 
@@ -43,6 +44,8 @@ def measure(case: dict) -> dict:
     cfg = load_config(preset(case["size"]), overrides)
     s = cfg.model.image_size
     real = (torch.rand(case["batch"], 1, s, s, s) * 2 - 1).to(dev)
+    if not cuda:
+        pin_mmap_threshold()  # as the trainers do on CPU
     warm_up_runtime(dev)
     base = rss_bytes()
     if cuda:
