@@ -94,6 +94,8 @@ class TrainConfig:
     crf_weight_decay_iters: int = 60_000  # w falls linearly to 0 by this iteration
     share_fakes: bool = True  # one G forward per iteration feeds the D, G and CRF sub-steps (see step.py)
     amp: str = "none"  # none | bf16 | fp16 autocast (GPU)
+    channels_last: bool = False  # channels_last_3d memory format for networks and inputs (GPU tensor cores)
+    compile: bool = False  # torch.compile each network in place (state_dict keys unchanged); first steps are slow
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 500

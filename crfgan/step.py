@@ -113,6 +113,8 @@ def train_step(
     b, s = real.shape[0], m.image_size
     assert real.shape[1:] == (1, s, s, s), f"real volumes must be (B, 1, {s}, {s}, {s}), got {tuple(real.shape)}"
     start = sample_start(rng, cfg) if start is None else start
+    if t.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last_3d)
     real_slab, pos = real_sub_volume(real, start, cfg)
     hagan = m.arch == "hagan"
     real_low = low_res(real, m.emb_size) if hagan else None

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint, save_generator, set_rng_state
 from .config import Config
 from .memory import pin_mmap_threshold
-from .models import Networks, build_networks, build_optimizers
+from .models import Networks, apply_execution_options, build_networks, build_optimizers
 from .step import Amp, train_step
 
 CKPT_RE = re.compile(r"^checkpoint_(\d{6,})$")
@@ -86,7 +86,7 @@ def train_local(
     if dev.type == "cpu":
         pin_mmap_threshold()
     rng = seed_everything(t.seed)
-    nets = build_networks(cfg).to(dev).train()
+    nets = apply_execution_options(cfg, build_networks(cfg).to(dev).train())
     opts = build_optimizers(cfg, nets)
     start_it = 0
     out = Path(out_dir) if out_dir else None

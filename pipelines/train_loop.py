@@ -36,7 +36,7 @@ import ray.train.torch
 from crfgan.memory import pin_mmap_threshold
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
-from crfgan.models import build_networks, build_optimizers
+from crfgan.models import apply_execution_options, build_networks, build_optimizers
 from crfgan.step import Amp, raw, train_step
 
 VAL_MAX_VOLUMES = 8  # validation streams at most this many val volumes (a cheap, fixed-cost metric)
@@ -154,7 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(config["torch_threads"]))  # intra-op threads = the worker's CPUs
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    nets = build_networks(cfg).to(device).train()
+    nets = apply_execution_options(cfg, build_networks(cfg).to(device).train())
     opts = build_optimizers(cfg, nets)  # over the bare modules' parameters, which the DDP wrappers share
     rng = np.random.default_rng([t.seed, rank])
     torch.manual_seed(t.seed * 1_000_003 + rank)  # per-rank noise

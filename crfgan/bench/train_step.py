@@ -33,14 +33,15 @@ def measure(case: dict) -> dict:
 
     from crfgan.config import load_config
     from crfgan.memory import pin_mmap_threshold
-    from crfgan.models import build_networks, build_optimizers
+    from crfgan.models import apply_execution_options, build_networks, build_optimizers
     from crfgan.step import Amp, train_step
 
     torch.manual_seed(0)
     cuda = case["device"] == "cuda"
     dev = torch.device(case["device"])
     overrides = [f"model.arch={case['arch']}", f"train.batch_size={case['batch']}", *VARIANTS[case["variant"]]]
-    overrides += [f"train.amp={case['amp']}", f"model.activation_checkpointing={case['checkpointing']}"]
+    overrides += [f"train.amp={case['amp']}", f"model.activation_checkpointing={case['checkpointing']}",
+                  f"train.channels_last={case.get('channels_last', False)}", f"train.compile={case.get('compile', False)}"]
     cfg = load_config(preset(case["size"]), overrides)
     s = cfg.model.image_size
     real = (torch.rand(case["batch"], 1, s, s, s) * 2 - 1).to(dev)
@@ -51,7 +52,7 @@ def measure(case: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
-    nets = build_networks(cfg).to(dev).train()
+    nets = apply_execution_options(cfg, build_networks(cfg).to(dev).train())
     opts = build_optimizers(cfg, nets)
     amp = Amp(cfg.train.amp, dev)
     rng = np.random.default_rng(0)
@@ -97,6 +98,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype (GPU rows)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing in G^A")
+    p.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format (train.channels_last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every network (train.compile)")
     p.add_argument("--hagan-plain", action="store_true",
                    help="run the HA-GAN rows in fp32 without checkpointing (the published baseline), whatever --amp says")
 
@@ -112,11 +115,13 @@ def run(args) -> None:
             for variant in variants:
                 plain = arch == "hagan" and getattr(args, "hagan_plain", False)
                 amp, ckpt = ("none", False) if plain else (args.amp, args.checkpointing)
+                fmt = {} if plain else {"channels_last": getattr(args, "channels_last", False),
+                                        "compile": getattr(args, "compile", False)}
                 case = {"arch": arch, "variant": variant, "size": size, "batch": args.batch, "iters": args.iters,
-                        "device": device, "amp": amp, "checkpointing": ckpt}
+                        "device": device, "amp": amp, "checkpointing": ckpt, **fmt}
                 r = run_case(__name__, case)
                 rows.append({"arch": arch, "variant": variant, "size": size, "batch": args.batch, "device": device,
-                             "amp": amp, "ckpt": ckpt, **r})
+                             "amp": amp, "ckpt": ckpt, **fmt, **r})
                 print(f"  {arch} {variant} {size}³: {r['s_per_iter']:.3f} s/iter, {r['peak_mb']:.0f} MB", flush=True)
     mem = "CUDA max_memory_allocated" if device == "cuda" else "peak RSS above the process baseline"
     emit(f"train-step ({device}; peak_mb = {mem})", rows, args.json,

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from crfgan.config import load_config
-from crfgan.models import build_networks, build_optimizers
+from crfgan.models import apply_execution_options, build_networks, build_optimizers
 from crfgan.step import real_sub_volume, sample_start, train_step
 
 
 def run(overrides, steps=2, size=32):
     cfg = load_config("tiny", [f"model.image_size={size}", *overrides])
     torch.manual_seed(0)
-    nets = build_networks(cfg)
+    nets = apply_execution_options(cfg, build_networks(cfg))
     opts = build_optimizers(cfg, nets)
     real = torch.rand(2, 1, size, size, size) * 2 - 1
     before = {n: [p.detach().clone() for p in m.parameters()] for n, m in nets.items()}
@@ -36,10 +36,19 @@ def test_every_sub_step_runs_and_trains_its_networks(overrides, losses):
     assert all(changed.values()), changed  # every network's optimizer stepped
 
 
-def test_activation_checkpointing_gives_the_same_step():
+@pytest.mark.parametrize("option", ["model.activation_checkpointing=true", "train.channels_last=true"])
+def test_execution_options_give_the_same_step(option):
+    """Activation checkpointing and channels_last change how the step runs, not what it computes."""
     a, _ = run(["train.share_fakes=true"], steps=1)
-    b, _ = run(["model.activation_checkpointing=true"], steps=1)
-    assert all(torch.allclose(a[0][k], b[0][k], atol=1e-5) for k in a[0])
+    b, _ = run([option], steps=1)
+    assert all(torch.allclose(a[0][k], b[0][k], atol=1e-4) for k in a[0])
+
+
+@pytest.mark.slow
+def test_compiled_networks_give_the_same_step():
+    a, _ = run([], steps=1)
+    b, _ = run(["train.compile=true"], steps=1)
+    assert all(torch.allclose(a[0][k], b[0][k], atol=1e-3) for k in a[0])
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
