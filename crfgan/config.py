@@ -115,7 +115,7 @@ class SynthConfig:
     num_volumes: int = 4
     seed: int = 0
     tiled: bool = True  # render G^H over embedding slabs with a halo instead of one pass
-    slab_embedding_slices: int = 4  # embedding slices per tile (before the halo)
+    slab_embedding_slices: int = 0  # embedding slices per tile before the halo; 0: E/16 (2 at 128³, 4 at 256³)
     halo: int = 1  # embedding slices of context on each side (G^H's receptive field needs 1)
     norm_stats: str = "global"  # global: equals the one-pass render; slab: per-tile GroupNorm statistics
 
@@ -205,7 +205,7 @@ class Config:
         _check(self.train.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.train.amp!r}")
         _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.synth.norm_stats in ("global", "slab"), "synth.norm_stats", "must be global or slab")
-        _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 1, "synth.halo", "halo >= 0 and slab >= 1")
+        _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 0, "synth.halo", "halo and slab must be >= 0")
         _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
         _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
         return self

@@ -21,6 +21,11 @@ from .generator import SlabRenderer, apply_group_norm
 from .layers import up2
 
 
+def default_slab(depth: int) -> int:
+    """Tile size when none is given: 1/16 of the embedding depth (2 slices at 128³, 4 at 256³, 8 at 512³)."""
+    return max(1, depth // 16)
+
+
 def render_one_pass(renderer: SlabRenderer, a: torch.Tensor) -> torch.Tensor:
     """A (B, Ce, E, E, E) → (B, 1, S, S, S), as the reference does it."""
     return renderer(a)
@@ -70,19 +75,21 @@ def global_norm_stats(renderer: SlabRenderer, a: torch.Tensor, slab: int, halo: 
 def render_tiled(
     renderer: SlabRenderer,
     a: torch.Tensor,
-    slab: int = 8,
+    slab: int = 0,
     halo: int = 1,
     norm_stats: str = "global",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A (B, Ce, E, E, E) → (B, 1, S, S, S), rendering ``slab`` embedding slices (+ ``halo``) at a time.
+    """A (B, Ce, E, E, E) → (B, 1, S, S, S), rendering ``slab`` embedding slices (+ ``halo``) at a time
+    (``slab=0``: ``default_slab``).
 
     Peak memory beyond A and the output is one tile's activations. ``out`` may be a preallocated tensor
     (e.g. a memory-mapped array) to write into.
     """
     assert norm_stats in ("global", "slab"), f"norm_stats must be global or slab, got {norm_stats!r}"
-    assert slab >= 1 and halo >= 0, f"slab must be >= 1 and halo >= 0, got {slab}, {halo}"
     b, _, depth, eh, ew = a.shape
+    slab = slab or default_slab(depth)
+    assert slab >= 1 and halo >= 0, f"slab must be >= 1 and halo >= 0, got {slab}, {halo}"
     f = 2 ** len(renderer.convs)  # S / E
     if out is None:
         out = torch.empty(b, 1, depth * f, eh * f, ew * f, dtype=a.dtype, device=a.device)

@@ -56,7 +56,7 @@ def measure(case: dict) -> dict:
 
 def add_arguments(p) -> None:
     p.add_argument("--size", default="128,256", help="comma-separated sizes (default 128,256)")
-    p.add_argument("--slab", type=int, default=4, help="embedding slices per tile (default 4)")
+    p.add_argument("--slab", type=int, default=0, help="embedding slices per tile (default 0: E/16, as synthesis)")
     p.add_argument("--halo", type=int, default=1, help="halo in embedding slices (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-compare", action="store_true", help="skip the max-abs-difference check (saves memory)")
@@ -64,6 +64,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     import torch
+
+    from crfgan.render import default_slab
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
@@ -74,7 +76,8 @@ def run(args) -> None:
                     "compare": not args.no_compare}
             r = run_case(__name__, case)
             one = r if mode == "one-pass" else one
-            row = {"size": size, "mode": mode, "slab": args.slab if mode != "one-pass" else None,
+            tile = args.slab or default_slab(size // 4)
+            row = {"size": size, "mode": mode, "slab": tile if mode != "one-pass" else None,
                    "halo": args.halo if mode != "one-pass" else None, **r}
             row["mem_vs_one_pass"] = r["peak_mb"] / one["peak_mb"]
             row["time_vs_one_pass"] = r["seconds"] / one["seconds"]
