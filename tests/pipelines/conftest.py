@@ -39,7 +39,9 @@ def ray_local(fake_aws_env):
     ray = pytest.importorskip("ray")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh cluster of our own, even if RAY_ADDRESS is set or a killed head left
+        # /tmp/ray/ray_current_cluster behind (then a plain init would try to join it and refuse num_cpus).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = True
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
