@@ -131,7 +131,7 @@ def train_step(
     with amp.autocast():
         with contextlib.nullcontext() if t.share_fakes else torch.no_grad():
             # shared: G's graph is kept for the G step; reference: a no-grad sample of its own
-            gen, gen_low = (g, nets.g_low) if t.share_fakes else (raw(g), raw(nets.g_low) if hagan else None)
+            gen, gen_low = (g, nets.g_low) if t.share_fakes else (raw(g), raw(nets.g_low))
             fake_slab, a = gen(noise(), start)
             fake_low = gen_low(a) if hagan else None
         both = torch.cat([real_slab, fake_slab.detach()])  # one D forward for real and fake

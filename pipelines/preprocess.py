@@ -54,6 +54,7 @@ from crfgan.shards import (
 )
 from crfgan.volume import low_res, prepare
 from pipelines import sources
+from pipelines.runtime import ensure_ray
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
@@ -164,17 +165,6 @@ def _map_shard(row: dict, out_uri: str, endpoint: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- driver side
-def ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"])
-        else:
-            ray.init(include_dashboard=False)
-    return ray
-
-
 @contextlib.contextmanager
 def data_context(**settings):
     """Set Ray Data context fields for this pipeline only and restore them after (the trainer shares the driver)."""
@@ -223,8 +213,9 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     plans = plan_shards(metas, cfg.data.shard_target_mb)
 
     try:
-        old = {s["path"]: s for s in read_manifest(output, endpoint)["shards"]} \
-            if read_manifest(output, endpoint).get("config_hash") == cfg.data_hash() else {}
+        prev_manifest = read_manifest(output, endpoint)
+        old = {s["path"]: s for s in prev_manifest["shards"]} \
+            if prev_manifest.get("config_hash") == cfg.data_hash() else {}
     except (FileNotFoundError, OSError, KeyError, ValueError):
         old = {}
     shards, todo = [], []

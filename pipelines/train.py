@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.args import add_config_arguments, config_from_args
+from pipelines.runtime import ensure_ray
 
 
 EPOCH_MIN_ROWS = 256  # rows per Ray Data epoch of the train split (the item list repeats when it is shorter)
@@ -47,14 +48,6 @@ def _apply(cfg, args):
 def storage_uri(path: str) -> str:
     """Local paths become absolute (Ray Train needs that); URIs pass through."""
     return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    return ray
 
 
 def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
