@@ -12,7 +12,7 @@ Shard schema — **one row per volume**, one Parquet row group per row (a reader
 =================  =============================================  ==========================================
 column             type                                           meaning
 =================  =============================================  ==========================================
-volume_id          string                                         sha256(source_uri [# member/series])[:16]
+volume_id          string                                         content hash of the scan as read (see volume_id)
 source_uri         string                                         where the volume came from
 modality           string                                         ct | mri
 split              string                                         train | val (stable hash of volume_id)
@@ -78,15 +78,27 @@ def volume_schema(image_size: int) -> pa.Schema:
     ])
 
 
-def volume_id(source_uri: str, member: str = "") -> str:
-    key = f"{source_uri}#{member}" if member else source_uri
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def volume_id(array: np.ndarray, spacing) -> str:
+    """The id of a scan: a hash of its voxels as read (RAS order), shape and spacing, never of where it lies.
+
+    The same scan gets the same id — and so the same split — on any machine, under any path, bucket or archive;
+    byte-identical copies of one scan share an id and a split, so a copy can never leak from train into val.
+    """
+    a = np.ascontiguousarray(array)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{a.dtype.str}|{a.shape}|{[round(float(v), 4) for v in spacing]}|".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def split_score(vid: str) -> float:
+    """A uniform number in [0, 1) from the volume id; volumes scoring below ``val_fraction`` go to val."""
+    return int(hashlib.sha256(f"split:{vid}".encode()).hexdigest()[:8], 16) / 2**32
 
 
 def split_for(vid: str, val_fraction: float) -> str:
-    """Stable train/val split by a hash of the volume id (never by patch): same id, same split, on any machine."""
-    u = int(hashlib.sha256(f"split:{vid}".encode()).hexdigest()[:8], 16) / 2**32
-    return "val" if u < val_fraction else "train"
+    """Stable train/val split by a hash of the volume id (never by patch): same scan, same split, on any machine."""
+    return "val" if split_score(vid) < val_fraction else "train"
 
 
 def rows_to_table(rows: list[dict], image_size: int) -> pa.Table:

@@ -120,10 +120,10 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                 stage = "read"
                 try:
                     scan = loader()
+                    vid = volume_id(scan.array, scan.spacing)  # of the scan as read, before anything changes it
                     stage = "prepare"
                     vol, spacing = prepare(scan, cfg)  # (S, S, S) z, y, x in [-1, 1]
                     modality = cfg.data.modality if cfg.data.modality != "auto" else scan.modality
-                    vid = volume_id(name)
                     row = {"volume_id": vid, "source_uri": name, "modality": modality,
                            "split": split_for(vid, cfg.data.val_fraction), "volume": vol, "low_res": low_res(vol),
                            "spacing": list(spacing), "original_shape": [int(v) for v in scan.meta["original_shape"]],

@@ -16,8 +16,8 @@ def rows(n, s=32, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        vid = sh.volume_id(f"/data/scan{i}.nii.gz")
         vol = rng.uniform(-1, 1, (s, s, s)).astype(np.float32)
+        vid = sh.volume_id(vol, [1.0, 1.0, 1.0])
         out.append({"volume_id": vid, "source_uri": f"/data/scan{i}.nii.gz", "modality": "ct",
                     "split": sh.split_for(vid, 0.5), "volume": vol, "low_res": vol[::4, ::4, ::4],
                     "spacing": [1.0, 2.0, 3.0], "original_shape": [100, 110, 120], "original_spacing": [3.0, 2.0, 1.0],
@@ -38,11 +38,22 @@ def write_run(root, rs, target_mb=0.2):
 
 
 def test_split_is_stable_and_near_fraction():
-    ids = [sh.volume_id(f"s3://b/{i}.nii.gz") for i in range(2000)]
+    ids = [sh.volume_id(np.full((2, 2, 2), i, np.float32), [1, 1, 1]) for i in range(2000)]
+    assert len(set(ids)) == len(ids)
     splits = [sh.split_for(i, 0.1) for i in ids]
     assert splits == [sh.split_for(i, 0.1) for i in ids]
     assert 0.08 < splits.count("val") / len(ids) < 0.12
-    assert sh.volume_id("a") == "ca978112ca1bbdca"  # sha256("a")[:16]: same id on every machine
+
+
+def test_volume_id_is_the_content_not_the_place():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    vid = sh.volume_id(a, [1.0, 1.0, 2.0])
+    assert vid == sh.volume_id(a.copy(), (1.0, 1.0, 2.0)) and len(vid) == 16  # same voxels → same id, anywhere
+    assert vid != sh.volume_id(a, [1.0, 1.0, 2.5])  # spacing is part of the scan
+    assert vid != sh.volume_id(a.reshape(2, 4, 3), [1.0, 1.0, 2.0])  # so is the shape
+    b = a.copy()
+    b[0, 0, 0] += 1
+    assert vid != sh.volume_id(b, [1.0, 1.0, 2.0])
 
 
 def test_round_trip_float16_precision(tmp_path):

@@ -17,8 +17,15 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCANS = [DATA / "ct/example_ct.nii.gz", DATA / "mri/FLAIR.nii.gz", DATA / "mri/MNI152_2009_template.nii.gz"]
-# 0.13 puts one of the three scans (by the stable hash of its path) into val and two into train: one per worker.
-VAL_FRACTION = "0.13"
+
+
+def val_fraction_for_one_val_volume() -> float:
+    """The val fraction that puts exactly one of SCANS into val (split by content hash): one train volume per worker."""
+    from crfgan.io import load_scan
+    from crfgan.shards import split_score, volume_id
+
+    scores = sorted(split_score(volume_id(s.array, s.spacing)) for s in map(load_scan, SCANS))
+    return round((scores[0] + scores[1]) / 2, 6)
 
 
 def free_port() -> int:
@@ -73,7 +80,7 @@ def tiny_shards(ray_local, tmp_path_factory):
     missing = [str(p) for p in SCANS if not p.exists()]
     assert not missing, f"real scans missing: {missing}"
     out = tmp_path_factory.mktemp("shards")
-    cfg = load_config("tiny", [f"data.val_fraction={VAL_FRACTION}"])
+    cfg = load_config("tiny", [f"data.val_fraction={val_fraction_for_one_val_volume()}"])
     manifest = run([str(p) for p in SCANS], str(out), cfg)
     split = manifest["counts"]["split"]
     assert split.get("train", 0) >= 2 and split.get("val", 0) >= 1, f"expected ≥2 train and ≥1 val volumes, got {split}"

@@ -108,6 +108,7 @@ def test_manifest_and_shard_contents(first_run):
     flair = next(r for r in rows if r["source_uri"].endswith("flair.nii.gz"))
     zipped = next(r for r in rows if r["source_uri"].endswith("inner/FLAIR.nii.gz"))
     assert np.array_equal(flair["volume"], zipped["volume"])  # same scan through an archive: same cube
+    assert (flair["volume_id"], flair["split"]) == (zipped["volume_id"], zipped["split"])  # same id, so no leak
 
 
 def test_rerun_skips_finished_and_keeps_shards(first_run, collection):
