@@ -251,13 +251,18 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         "elapsed_s": round(time.time() - t0, 3),
     }
     write_manifest(fs, root, manifest)
-    if isinstance(fs, type(filesystem("/")[0])):  # drop stale local shards from older plans with this output
-        keep = {sh["path"] for sh in shards}
-        shard_dir = join(root, SHARD_DIR)
-        for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
-            if f"{SHARD_DIR}/{name}" not in keep and name.endswith(".parquet"):
-                os.unlink(join(shard_dir, name))
+    _drop_stale_shards(fs, root, {sh["path"] for sh in shards})
     return manifest
+
+
+def _drop_stale_shards(fs, root: str, keep: set[str]) -> None:
+    """Delete shards of older plans under this output (local or S3) that the new manifest no longer lists."""
+    from pyarrow.fs import FileSelector, FileType
+
+    for info in fs.get_file_info(FileSelector(join(root, SHARD_DIR), allow_not_found=True)):
+        if info.type == FileType.File and info.base_name.endswith(".parquet") \
+                and f"{SHARD_DIR}/{info.base_name}" not in keep:
+            fs.delete_file(info.path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -155,3 +155,17 @@ def test_s3_in_and_out(s3_server, ray_local, tmp_path):
     assert sorted(r["source_uri"] for r in rows) == ["s3://scans/in/ct.nii.gz", "s3://scans/in/dicom",
                                                      "s3://scans/in/mri.zip!/FLAIR.nii.gz"]
     assert all(r["volume"].shape == (32, 32, 32) for r in rows)
+
+    # Smaller shards on a rerun: one volume per shard. Then back to one shard per split: the shards of the older
+    # plan that the new manifest no longer lists are deleted from the bucket, and the reader sees each volume once.
+    def shard_keys():  # pyarrow leaves an empty "out/shards/" folder marker when it deletes: not a shard
+        objs = s3.list_objects_v2(Bucket="scans", Prefix="out/shards/")["Contents"]
+        return sorted(o["Key"] for o in objs if not o["Key"].endswith("/"))
+
+    assert cli("--input", "s3://scans/in", "--output", "s3://scans/out", "--config", "tiny",
+               "data.shard_target_mb=0.001") == 0
+    assert len(shard_keys()) == 3
+    assert cli("--input", "s3://scans/in", "--output", "s3://scans/out", "--config", "tiny") == 0
+    listed = sorted(f"out/{s['path']}" for s in read_manifest("s3://scans/out")["shards"])
+    assert shard_keys() == listed and len(listed) < 3
+    assert sum(1 for s in ("train", "val") for _ in read_volumes("s3://scans/out", s)) == 3
