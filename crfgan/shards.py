@@ -84,11 +84,11 @@ def volume_id(array: np.ndarray, spacing) -> str:
     The same scan gets the same id — and so the same split — on any machine, under any path, bucket or archive;
     byte-identical copies of one scan share an id and a split, so a copy can never leak from train into val.
     """
-    a = np.ascontiguousarray(array)
-    h = hashlib.blake2b(digest_size=8)
-    h.update(f"{a.dtype.str}|{a.shape}|{[round(float(v), 4) for v in spacing]}|".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
+    a = np.asarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|{[round(float(v), 4) for v in spacing]}|".encode())
+    for plane in a if a.ndim > 1 else [a]:  # plane by plane: no full copy of a flipped view
+        h.update(memoryview(np.ascontiguousarray(plane)).cast("B"))
+    return h.hexdigest()[:16]
 
 
 def split_score(vid: str) -> float:
@@ -182,14 +182,15 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- planning
 def plan_shards(metas: list[dict], target_mb: float) -> list[dict]:
-    """Deterministic shard plan: per split, volumes sorted by id, cut when a shard would pass ``target_mb``.
+    """Deterministic shard plan: per split, volumes sorted by (id, source), cut when a shard would pass ``target_mb``.
 
     ``metas`` need ``volume_id``, ``split``, ``nbytes``, ``staging`` (file) and ``row`` (index in it).
     """
     target = max(1.0, target_mb * 2**20)
     plans = []
     for split in sorted({m["split"] for m in metas}):
-        items = sorted((m for m in metas if m["split"] == split), key=lambda m: m["volume_id"])
+        # by id, then source: copies of one scan share an id, and the plan must not depend on task completion order
+        items = sorted((m for m in metas if m["split"] == split), key=lambda m: (m["volume_id"], m.get("source_uri", "")))
         cur, size = [], 0
         for m in items:
             if cur and size + m["nbytes"] > target:
