@@ -4,19 +4,24 @@ The collection is generated into a temp folder from the shipped scans (CT, FLAIR
 augmentations (flip, intensity scale and offset, resampled to 128³ or 256³; every 5th volume is 256³) written as
 int16 NIfTI, then copied under new names up to ``--volumes``. Both contenders do the same work per input —
 ``process_unit`` (read, RAS, intensity, fit, low-res, staging Parquet) and then the same shard packing; the loop runs
-them one after another in this process, the pipeline is ``pipelines.preprocess.run`` on the local Ray (started
-before timing, warmed up on 2 volumes). Memory is the peak RSS of the driver and the peak summed RSS of Ray worker
+them one after another in a fresh child process (timed from inside, after its imports and the same 2-volume
+warm-up), the pipeline is ``pipelines.preprocess.run`` on the local Ray (started before timing, warmed up on 2
+volumes). Memory is the peak RSS of the driver and the peak summed RSS of Ray worker
 processes (``ray::*`` descendants of the driver; shared pages count in every process), sampled every 0.25 s,
-over ``--repeats`` timed repeats (the fastest time is reported: the box may be shared), for ``--volumes``/10 and
-``--volumes`` inputs. ``cpu_s_per_volume`` (driver + Ray processes) shows the work itself, free of contention. The
-loop uses torch's intra-op threads for its interpolations; Ray workers run with one thread each (num_cpus=1).
+over ``--repeats`` timed repeats, interleaved across the runs (the fastest time is reported: the box may be
+shared), for ``--volumes``/10 and ``--volumes`` inputs. ``cpu_s_per_volume`` (driver + Ray processes) shows the
+work itself, free of contention. The loop uses torch's intra-op threads for its interpolations; Ray workers run
+with one thread each (num_cpus=1).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -128,23 +133,56 @@ def run_loop(inputs: list[str], out: str, cfg) -> int:
     return len(metas)
 
 
-def _measure(name: str, fns, files: list[Path]) -> dict:
-    """Run each of ``fns`` (repeats into fresh outputs) and keep the fastest; memory peaks over all repeats."""
-    mb = sum(f.stat().st_size for f in files) / 2**20
-    times, cpus, driver, workers = [], [], 0, 0
-    for fn in fns:
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            ok = fn()
-            times.append(time.perf_counter() - t0)
-        assert ok == len(files), f"{name}: {ok} of {len(files)} volumes prepared"
-        cpus.append(mem.cpu)
-        driver, workers = max(driver, mem.driver), max(workers, mem.workers)
-    dt = min(times)
-    return {"run": name, "volumes": len(files), "input_MB": round(mb, 1), "seconds": dt,
-            "all_seconds": " ".join(f"{t:.1f}" for t in times), "volumes_per_s": len(files) / dt,
-            "input_MB_per_s": mb / dt, "cpu_s_per_volume": min(cpus) / len(files),
-            "peak_driver_MB": driver / 2**20, "peak_workers_MB": workers / 2**20}
+def _loop_in_child(inputs: str, out: str, config: str, warm: str) -> dict:
+    """``run_loop`` in a fresh Python process (imports and a warm-up on ``warm`` done before its clock starts), so
+    the loop's heap never inflates the driver's memory figures of the Ray runs interleaved with it; the child reports
+    its own wall time, CPU seconds and peak RSS."""
+    code = ("import json, resource, sys, time; from crfgan.config import load_config; "
+            "from pipelines import bench_preprocess as b; "
+            "cfg = load_config(sys.argv[3]); b.run_loop([sys.argv[4]], sys.argv[2] + '-warm', cfg); "
+            "t0 = time.perf_counter(); c0 = time.process_time(); "
+            "n = b.run_loop([sys.argv[1]], sys.argv[2], cfg); "
+            "print(json.dumps({'volumes': n, 'seconds': time.perf_counter() - t0, 'cpu_s': time.process_time() - c0, "
+            "'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
+    res = subprocess.run([sys.executable, "-c", code, inputs, out, config, warm], capture_output=True, text=True,
+                         timeout=3600, check=False)
+    if res.returncode:
+        raise RuntimeError(f"single-process loop failed ({res.returncode}): {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _measure(cases: dict[str, tuple[list, list[Path]]]) -> dict[str, dict]:
+    """``{name: (fns, files)}``: run the i-th repeat of every case, then the (i+1)-th … (interleaved, so a load
+    change on a shared box hits every case alike); keep each case's fastest time and its peak memory over repeats."""
+    raw = {name: {"times": [], "cpus": [], "driver": 0, "workers": 0} for name in cases}
+    for i in range(max(len(fns) for fns, _ in cases.values())):
+        for name, (fns, files) in cases.items():
+            if i >= len(fns):
+                continue
+            r = raw[name]
+            with PeakMemory() as mem:
+                t0 = time.perf_counter()
+                ok = fns[i]()
+                dt = time.perf_counter() - t0
+            if isinstance(ok, dict):  # measured by a child process itself (see _loop_in_child)
+                ok, dt, cpu, driver, workers = ok["volumes"], ok["seconds"], ok["cpu_s"], ok["peak_rss"], None
+            else:
+                cpu, driver, workers = mem.cpu, mem.driver, mem.workers
+            assert ok == len(files), f"{name}: {ok} of {len(files)} volumes prepared"
+            r["times"].append(dt)
+            r["cpus"].append(cpu)
+            r["driver"] = max(r["driver"], driver)
+            r["workers"] = None if workers is None else max(r["workers"] or 0, workers)
+    rows = {}
+    for name, (_, files) in cases.items():
+        r, mb = raw[name], sum(f.stat().st_size for f in files) / 2**20
+        dt = min(r["times"])
+        rows[name] = {"run": name, "volumes": len(files), "input_MB": round(mb, 1), "seconds": dt,
+                      "all_seconds": " ".join(f"{t:.1f}" for t in r["times"]), "volumes_per_s": len(files) / dt,
+                      "input_MB_per_s": mb / dt, "cpu_s_per_volume": min(r["cpus"]) / len(files),
+                      "peak_driver_MB": r["driver"] / 2**20,
+                      "peak_workers_MB": None if r["workers"] is None else r["workers"] / 2**20}
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,14 +222,17 @@ def run(args: argparse.Namespace) -> None:
             return lambda: preprocess.run([str(folder)], str(work / out), cfg)["volumes_ok"]
 
         def loop_run(out):
-            return lambda: run_loop([str(work / "in_big")], str(work / out), cfg)
+            return lambda: _loop_in_child(str(work / "in_big"), str(work / out), args.config, str(warm))
 
         reps = range(max(1, args.repeats))
-        small_r = _measure(f"ray data ({n_small})", [ray_run(small, f"out_ray_small{i}") for i in reps],
-                           sorted(small.iterdir()))
-        big_r = _measure(f"ray data ({n_big})", [ray_run(work / "in_big", f"out_ray_big{i}") for i in reps], files)
-        loop_r = _measure(f"single-process loop ({n_big})", [loop_run(f"out_loop{i}") for i in reps], files)
-        rows = [small_r, big_r, loop_r]
+        rows = list(_measure({
+            "small": ([ray_run(small, f"out_ray_small{i}") for i in reps], sorted(small.iterdir())),
+            "big": ([ray_run(work / "in_big", f"out_ray_big{i}") for i in reps], files),
+            "loop": ([loop_run(f"out_loop{i}") for i in reps], files),
+        }).values())
+        small_r, big_r, loop_r = rows
+        small_r["run"], big_r["run"] = f"ray data ({n_small})", f"ray data ({n_big})"
+        loop_r["run"] = f"single-process loop ({n_big})"
         big_r["speedup_vs_loop"] = loop_r["seconds"] / big_r["seconds"]
         big_r["driver_mem_ratio_vs_small"] = big_r["peak_driver_MB"] / small_r["peak_driver_MB"]
         big_r["worker_mem_ratio_vs_small"] = big_r["peak_workers_MB"] / max(1e-9, small_r["peak_workers_MB"])

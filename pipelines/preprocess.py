@@ -10,8 +10,8 @@ Stages (the pure work is ``crfgan.io.load_scan`` â†’ ``crfgan.volume.prepare`` â
    atomically; only small JSON metadata comes back to the driver. Any exception becomes an error row
    (source_uri, stage, reason) and the run goes on; a block whose worker dies is skipped
    (``DataContext.max_errored_blocks``) and its units become error rows with stage ``worker``.
-3. Driver plans shards (per split, sorted by volume id, cut at ``data.shard_target_mb``); Ray Data ``map`` writes
-   each shard atomically from the staging files; then ``errors.parquet`` and ``manifest.json`` (last).
+3. Driver plans shards (per split, sorted by volume id, cut at ``data.shard_target_mb``); one Ray task per shard
+   writes it atomically from the staging files; then ``errors.parquet`` and ``manifest.json`` (last).
 
 Rerun with the same config over the same inputs: units with a staging file are not processed again, shards whose
 planned content is unchanged are not rewritten, so the output is the same files.
@@ -159,9 +159,9 @@ def _map_unit(row: dict, cfg_dict: dict, out_uri: str, endpoint: str) -> dict:
     return {"result": json.dumps(res)}
 
 
-def _map_shard(row: dict, out_uri: str, endpoint: str) -> dict:
+def _write_shard(plan: dict, out_uri: str, endpoint: str) -> dict:
     fs, root = filesystem(out_uri, endpoint)
-    return {"shard": json.dumps(write_shard(fs, root, json.loads(row["plan"])))}
+    return write_shard(fs, root, plan)
 
 
 # ---------------------------------------------------------------------------------------------------- driver side
@@ -226,9 +226,10 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         else:
             todo.append(p)
     if todo:
-        sds = ray.data.from_items([{"plan": json.dumps(p)} for p in todo], override_num_blocks=len(todo))
-        sfn = functools.partial(_map_shard, out_uri=output, endpoint=endpoint)
-        shards += [json.loads(r["shard"]) for r in sds.map(sfn).iter_rows()]
+        # A handful of plain tasks (one per shard, idempotent atomic writes, so retrying is safe): a Ray Data
+        # dataset here cost 0.5 s of start-up on top of 0.5 s of work for 50 volumes in 5 shards.
+        task = ray.remote(num_cpus=1, max_retries=2)(_write_shard)
+        shards += ray.get([task.remote(p, output, endpoint) for p in todo])
     shards.sort(key=lambda s: s["path"])
     write_errors(fs, root, errors)
 
