@@ -13,9 +13,10 @@ import logging
 import pytest
 
 FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
+    # distinctive values, so tests can assert that no log, object, param or message ever carries them
+    "AWS_ACCESS_KEY_ID": "FAKEKEYIDNEVERLOGGED",
+    "AWS_SECRET_ACCESS_KEY": "fake-secret-never-logged",
+    "AWS_SESSION_TOKEN": "fake-token-never-logged",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
     "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",

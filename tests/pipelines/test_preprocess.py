@@ -134,7 +134,7 @@ def test_unknown_override_is_a_clear_error(tmp_path, capsys):
     assert "did you mean 'data.fit'" in capsys.readouterr().err
 
 
-def test_s3_in_and_out(s3_server, ray_local, tmp_path):
+def test_s3_in_and_out(s3_server, ray_local, tmp_path, fake_aws_env, capfd):
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
@@ -169,3 +169,10 @@ def test_s3_in_and_out(s3_server, ray_local, tmp_path):
     listed = sorted(f"out/{s['path']}" for s in read_manifest("s3://scans/out")["shards"])
     assert shard_keys() == listed and len(listed) < 3
     assert sum(1 for s in ("train", "val") for _ in read_volumes("s3://scans/out", s)) == 3
+
+    secrets = [fake_aws_env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    out = "".join(capfd.readouterr())
+    assert "preprocess: 3 volumes" in out and not [x for x in secrets if x in out]
+    for k in ("out/manifest.json", "out/errors.parquet"):
+        body = s3.get_object(Bucket="scans", Key=k)["Body"].read()
+        assert not [x for x in secrets if x.encode() in body], k

@@ -78,7 +78,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tiny_shards, t
     assert {r["pid"] for r in rank1} - {killed["pid"]}, "rank 1 never restarted in a new process"
 
 
-def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_server):  # noqa: F811
+def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_server, fake_aws_env, capfd):  # noqa: F811
     import boto3
 
     from pipelines.cli import main as cli_main
@@ -100,6 +100,15 @@ def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_se
     latest = max((json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in states),
                  key=lambda st: st["iteration"])
     assert _assert_lineage(latest, 9, samples_per_iter=latest["world_size"] * 2) == [[0, 6], [6, 9]]
+
+    # credentials: in no output of either run (driver and Ray workers' forwarded logs) and in no object written
+    secrets = [fake_aws_env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    out = "".join(capfd.readouterr())
+    assert "resume" in out and not [x for x in secrets if x in out]
+    small = [k for k in keys if not k.endswith(".safetensors")]
+    for k in small:
+        body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+        assert not [x for x in secrets if x.encode() in body], k
 
 
 def test_local_trainer_from_shards(tiny_shards, tmp_path):  # noqa: F811
