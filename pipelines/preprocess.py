@@ -148,10 +148,15 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
     return {**result, "staging": staging, "skipped": False}
 
 
-def _map_unit(row: dict, cfg_dict: dict, out_uri: str, endpoint: str) -> dict:
+@functools.lru_cache(maxsize=4)
+def _config(cfg_json: str):
+    return config_from_dict(json.loads(cfg_json))  # 12 ms to validate a tree: once per worker, not once per unit
+
+
+def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str) -> dict:
     unit = json.loads(row["unit"])
     try:
-        res = process_unit(unit, config_from_dict(cfg_dict), out_uri, endpoint)
+        res = process_unit(unit, _config(cfg_json), out_uri, endpoint)
     except Exception as e:  # noqa: BLE001 — writing the staging file failed: report it, keep the run going
         res = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": [], "skipped": False, "staging": "",
                "errors": [{"source_uri": unit["uri"], "stage": "write", "reason": _reason(e)}]}
@@ -201,7 +206,8 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     fs, root = filesystem(output, endpoint)
     n_blocks = min(len(units), 1000)
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=n_blocks)
-    fn = functools.partial(_map_unit, cfg_dict=cfg.to_dict(), out_uri=output, endpoint=endpoint)
+    fn = functools.partial(_map_unit, cfg_json=json.dumps(cfg.to_dict(), sort_keys=True), out_uri=output,
+                           endpoint=endpoint)
     with data_context(max_errored_blocks=n_blocks):  # a crashed block becomes error rows below, the run goes on
         results = [json.loads(r["result"]) for r in ds.map(fn).iter_rows()]
 
