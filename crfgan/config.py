@@ -38,6 +38,8 @@ class DataConfig:
     max_error_fraction: float = 0.5  # preprocess exits non-zero above this fraction of failed inputs
     max_voxels: int = 1_000_000_000  # headers claiming more are refused before any allocation
     s3_endpoint: str = ""  # overrides AWS_ENDPOINT_URL for s3:// inputs and outputs
+    task_retries: int = 2  # an input whose worker process dies (native crash, OOM kill) is retried this often, then
+    # becomes an error row (stage "worker"); Ray Data's own default retries forever, so one such file hung the run
 
 
 @dataclass
@@ -178,7 +180,8 @@ class Config:
     def data_hash(self) -> str:
         """Hash of what prepared volumes depend on (``data.*`` that shapes voxels, and S): preprocessing's cache key,
         so changing training settings never forces a re-run of preprocessing."""
-        d = {k: v for k, v in self.to_dict()["data"].items() if k not in ("s3_endpoint", "max_error_fraction")}
+        skip = ("s3_endpoint", "max_error_fraction", "task_retries")
+        d = {k: v for k, v in self.to_dict()["data"].items() if k not in skip}
         blob = json.dumps({"data": d, "image_size": self.model.image_size}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -208,6 +211,7 @@ class Config:
         _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 0, "synth.halo", "halo and slab must be >= 0")
         _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
         _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
+        _check(self.data.task_retries >= 0, "data.task_retries", f"must be >= 0, got {self.data.task_retries}")
         return self
 
 

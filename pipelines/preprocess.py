@@ -8,8 +8,8 @@ Stages (the pure work is ``crfgan.io.load_scan`` â†’ ``crfgan.volume.prepare`` â
 2. Ray Data ``map`` over units (one task per block, blocks of a few units): each task stages its unit (S3 download,
    safe archive extraction, DICOM series split), prepares every volume and writes one staging Parquet file per unit
    atomically; only small JSON metadata comes back to the driver. Any exception becomes an error row
-   (source_uri, stage, reason) and the run goes on; a block whose worker dies is skipped
-   (``DataContext.max_errored_blocks``) and its units become error rows with stage ``worker``.
+   (source_uri, stage, reason) and the run goes on; a block whose worker dies ``data.task_retries`` + 1 times is
+   skipped (``DataContext.max_errored_blocks``) and its units become error rows with stage ``worker``.
 3. Driver plans shards (per split, sorted by volume id, cut at ``data.shard_target_mb``); one Ray task per shard
    writes it atomically from the staging files; then ``errors.parquet`` and ``manifest.json`` (last).
 
@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import pyarrow.parquet as pq
 
@@ -205,11 +206,18 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         raise FileNotFoundError(f"no scans found in {inputs}")
     fs, root = filesystem(output, endpoint)
     n_blocks = min(len(units), 1000)
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=n_blocks)
     fn = functools.partial(_map_unit, cfg_json=json.dumps(cfg.to_dict(), sort_keys=True), out_uri=output,
                            endpoint=endpoint)
+    # A dataset copies the DataContext when it is created: the setting must be in place before from_items.
     with data_context(max_errored_blocks=n_blocks):  # a crashed block becomes error rows below, the run goes on
-        results = [json.loads(r["result"]) for r in ds.map(fn).iter_rows()]
+        ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=n_blocks)
+        with warnings.catch_warnings():
+            # max_retries: Ray Data retries a task whose worker died forever by default, so one input that crashes
+            # its reader natively (or is OOM-killed every time) would hang the run. Ray 2.60 has no named map
+            # parameter for it yet (ray_remote_args are deprecated for 2.64): revisit when upgrading.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            mapped = ds.map(fn, max_retries=cfg.data.task_retries)
+        results = [json.loads(r["result"]) for r in mapped.iter_rows()]
 
     seen = {r["unit"] for r in results}
     errors = [e for r in results for e in r["errors"]]

@@ -176,3 +176,46 @@ def test_s3_in_and_out(s3_server, ray_local, tmp_path, fake_aws_env, capfd):
     for k in ("out/manifest.json", "out/errors.parquet"):
         body = s3.get_object(Bucket="scans", Key=k)["Body"].read()
         assert not [x for x in secrets if x.encode() in body], k
+
+
+def test_an_input_whose_worker_dies_becomes_an_error_row(ray_local, tmp_path):
+    """The worker running one input is SIGKILLed (as a native crash or the OOM killer would); with no retries left
+    the input becomes a ``worker`` error row and every other input is kept. Ray Data's default would retry forever."""
+    import threading
+    import time
+
+    import psutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        shutil.copy(CT, inputs / f"ct{i}.nii.gz")
+    killed, stop = [], threading.Event()
+
+    def kill_first_map_worker():
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            for p in psutil.Process().children(recursive=True):  # only this session's Ray
+                try:
+                    if p.cmdline() and p.cmdline()[0].startswith("ray::") and "_map_unit" in p.cmdline()[0]:
+                        p.kill()
+                        killed.append(p.pid)
+                        return
+                except psutil.Error:
+                    continue
+            time.sleep(0.005)
+
+    t = threading.Thread(target=kill_first_map_worker, daemon=True)
+    t.start()
+    try:
+        rc = cli("--input", str(inputs), "--output", str(tmp_path / "o"), "--config", "ct128", "data.task_retries=0",
+                 "data.max_error_fraction=0.5")
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert killed, "no map task was seen running"
+    m = read_manifest(str(tmp_path / "o"))
+    errors = pq.read_table(tmp_path / "o" / "errors.parquet").to_pylist()
+    assert rc == 0 and m["volumes_ok"] == 3 and m["volumes_failed"] == 1
+    assert [(e["stage"], e["reason"]) for e in errors] == [("worker", "the Ray task processing it failed")]
+    assert errors[0]["source_uri"].startswith(str(inputs / "ct"))
