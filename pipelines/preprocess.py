@@ -240,9 +240,9 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         else:
             todo.append(p)
     if todo:
-        # A handful of plain tasks (one per shard, idempotent atomic writes, so retrying is safe): a Ray Data
-        # dataset here cost 0.5 s of start-up on top of 0.5 s of work for 50 volumes in 5 shards.
-        task = ray.remote(num_cpus=1, max_retries=2)(_write_shard)
+        # A handful of plain tasks, one per shard (atomic, idempotent writes: retrying is safe); a Ray Data
+        # dataset's start-up buys nothing for so few items.
+        task = ray.remote(num_cpus=1, max_retries=cfg.data.task_retries)(_write_shard)
         shards += ray.get([task.remote(p, output, endpoint) for p in todo])
     shards.sort(key=lambda s: s["path"])
     write_errors(fs, root, errors)

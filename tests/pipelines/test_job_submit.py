@@ -7,6 +7,7 @@ kill every Ray on the machine). Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,62 +17,66 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.pipelines.mlflow_fixtures import free_port, tiny_shards  # noqa: F401
+from tests.pipelines.mlflow_fixtures import free_port, tiny_shards, wait_for_http  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXCLUDES = [".venv", ".git", "outputs", "bench-results", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """``http://127.0.0.1:PORT`` of a fresh single-node Ray head with 2 CPUs and the job server."""
+def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
+    """One ``ray start --head --block`` on fresh ports and a fresh temp dir; returns (process, job server URL) once
+    the server answers (401 without the token also means it is up)."""
     gcs, dash = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix socket paths have a length limit
-    # Token auth as a cluster runs it (Ray's default since 2.59), with a token of its own: ~/.ray is not touched.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    env.pop("RAY_ADDRESS", None)
+    temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's unix socket paths have a length limit
     # Every fixed default port gets a free one: the session's own Ray already holds the defaults (agent 52365 …).
     ports = {f"--{k}-port": free_port() for k in ("dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export",
                                                   "runtime-env-agent", "ray-client-server")}
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0",
            f"--temp-dir={temp}", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
-    log = open(Path(temp) / "head.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(temp / "head.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray head exited with {proc.returncode}: {(Path(temp) / 'head.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/version", timeout=2):
-                    break
-            except urllib.error.HTTPError as e:  # 401 without the token: the job server is up
-                if e.code == 401:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ray head not serving jobs after 120 s: {(Path(temp) / 'head.log').read_text()[-3000:]}")
-            time.sleep(1)
+        wait_for_http(f"{url}/api/version", proc, temp / "head.log", "ray head", 120, up=(200, 401))
+    except RuntimeError:
+        _stop_head(proc)
+        raise
+    return proc, url
+
+
+def _stop_head(proc: subprocess.Popen) -> None:
+    """Signal the ``ray start --block`` process group: it stops the processes it started (never ``ray stop``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``(job server URL, env)`` of a fresh single-node Ray head with 2 CPUs; ``env`` carries its auth token."""
+    # Token auth as a cluster runs it (Ray's default since 2.59), with a token of its own: ~/.ray is not touched.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc, url = _start_head(env)
+    except RuntimeError:  # one more try on new ports: a port picked as free can be taken before Ray binds it
+        proc, url = _start_head(env)
+    try:
         yield url, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops the processes it started
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+        _stop_head(proc)
 
 
 def test_crfgan_train_runs_as_a_ray_job(ray_head, tiny_shards, tmp_path):  # noqa: F811
