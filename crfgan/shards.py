@@ -196,13 +196,13 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 def plan_shards(metas: list[dict], target_mb: float) -> list[dict]:
     """Deterministic shard plan: per split, volumes sorted by (id, source), cut when a shard would pass ``target_mb``.
 
-    ``metas`` need ``volume_id``, ``split``, ``nbytes``, ``staging`` (file) and ``row`` (index in it).
+    ``metas`` need ``volume_id``, ``source_uri``, ``split``, ``nbytes``, ``staging`` (file) and ``row`` (index in it).
     """
     target = max(1.0, target_mb * 2**20)
     plans = []
     for split in sorted({m["split"] for m in metas}):
         # by id, then source: copies of one scan share an id, and the plan must not depend on task completion order
-        items = sorted((m for m in metas if m["split"] == split), key=lambda m: (m["volume_id"], m.get("source_uri", "")))
+        items = sorted((m for m in metas if m["split"] == split), key=lambda m: (m["volume_id"], m["source_uri"]))
         cur, size = [], 0
         for m in items:
             if cur and size + m["nbytes"] > target:

@@ -196,6 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from pipelines import preprocess
+    from pipelines.runtime import ensure_ray
 
     cfg = load_config(args.config)
     sizes = tuple(int(s) for s in str(args.sizes).split(","))
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> None:
         for f in files[:n_small]:
             shutil.copy(f, small / f.name)
         gen_s = time.perf_counter() - t0
-        ray = preprocess.ensure_ray()
+        ray = ensure_ray()
         ray.data.DataContext.get_current().enable_progress_bars = False
         warm = work / "in_warm"
         warm.mkdir()

@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from crfgan.bench.table import emit
     from crfgan.config import load_config
-    from pipelines.train import ensure_ray
+    from pipelines.runtime import ensure_ray
 
     ensure_ray()
     scans = [Path(args.data_root) / s for s in SCANS]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import random
 import os
+import random
 import sys
 import tempfile
 from pathlib import Path
