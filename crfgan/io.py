@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from .storage import atomic_local_path
 
 DEFAULT_MAX_VOXELS = 1_000_000_000
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -253,14 +254,6 @@ def write_nifti(volume_zyx: np.ndarray, spacing, path, extra_header: dict | None
     for key, value in (extra_header or {}).items():
         img.header[key] = str(value)[: 80 if key == "descrip" else 16]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz" if path.name.endswith(".gz") else ".nii",
-                               dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_local_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -41,14 +41,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from .storage import atomic_local_path, exists, filesystem, join, write_bytes_atomic  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.parquet"
@@ -118,45 +118,7 @@ def rows_to_table(rows: list[dict], image_size: int) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
-# ---------------------------------------------------------------------------------------------------- filesystems
-def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or ``s3://bucket/key``.
-
-    pyarrow ignores ``AWS_ENDPOINT_URL``; the endpoint comes from ``endpoint`` (``data.s3_endpoint``) or that variable
-    and is passed as ``endpoint_override``. Credentials come from the standard AWS chain (never logged here).
-    """
-    uri = str(uri)
-    if uri.startswith("s3://"):
-        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
-        kw = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
-        if endpoint:
-            scheme = "https" if endpoint.startswith("https://") else "http"
-            kw.update(endpoint_override=endpoint.split("://", 1)[-1].rstrip("/"), scheme=scheme)
-        return pafs.S3FileSystem(**kw), uri[len("s3://"):].rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Local: temporary file in the same folder + ``os.replace``. S3: one PUT, which is atomic per object."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        with fs.open_output_stream(path, compression=None) as f:
-            f.write(data)
-
-
+# ---------------------------------------------------------------------------------------------------- writing
 def _parquet_options(table: pa.Table, row_group_size: int) -> dict:
     """zstd; dictionaries and min/max statistics only for the small scalar columns.
 
@@ -172,24 +134,14 @@ def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, row_grou
     """Write a Parquet file (one row group per ``row_group_size`` rows) atomically; returns its byte size."""
     options = _parquet_options(table, row_group_size)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-        try:
+        with atomic_local_path(path) as tmp:
             pq.write_table(table, tmp, **options)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return os.path.getsize(path)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **options)
     buf = sink.getvalue()
     write_bytes_atomic(fs, path, buf.to_pybytes())
     return buf.size
-
-
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
 
 
 # ---------------------------------------------------------------------------------------------------- planning

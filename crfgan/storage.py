@@ -1,0 +1,78 @@
+"""Where outputs live: a local path or ``s3://bucket/key`` through one pyarrow filesystem, and atomic writes.
+
+Every output file of the project appears whole or not at all:
+- local: written to a temporary name in the destination folder, given the permissions a plain ``open()`` would give
+  under the user's umask (``mkstemp`` alone leaves 0600), then ``os.replace``d into place;
+- S3: one PUT, which is atomic per object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pyarrow.fs as pafs
+
+
+def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or ``s3://bucket/key``.
+
+    pyarrow ignores ``AWS_ENDPOINT_URL``; the endpoint comes from ``endpoint`` (``data.s3_endpoint``) or that variable
+    and is passed as ``endpoint_override``. Credentials come from the standard AWS chain (never logged here).
+    """
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+        kw = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
+        if endpoint:
+            scheme = "https" if endpoint.startswith("https://") else "http"
+            kw.update(endpoint_override=endpoint.split("://", 1)[-1].rstrip("/"), scheme=scheme)
+        return pafs.S3FileSystem(**kw), uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _umask_mode(base: int = 0o666) -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+@contextlib.contextmanager
+def atomic_local_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` with the umask's permissions.
+
+    On an exception the temporary file is removed and ``path`` is untouched. ``suffix`` keeps an extension that a
+    writer dispatches on (``.nii.gz``).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Local: temporary file in the same folder + ``os.replace``. S3: one PUT, which is atomic per object."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        with atomic_local_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+    else:
+        with fs.open_output_stream(path, compression=None) as f:
+            f.write(data)
