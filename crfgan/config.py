@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +41,10 @@ class DataConfig:
     s3_endpoint: str = ""  # overrides AWS_ENDPOINT_URL for s3:// inputs and outputs
     task_retries: int = 2  # an input whose worker process dies (native crash, OOM kill) is retried this often, then
     # becomes an error row (stage "worker"); Ray Data's own default retries forever, so one such file hung the run
+    min_slices: int = 16  # a scan with fewer voxels than this along any axis is refused (not stretched into a cube)
+    min_extent_mm: float = 30.0  # … or covering less than this many mm along any axis
+    spacing_range_mm: tuple[float, float] = (0.05, 50.0)  # voxel spacing outside this range is refused as implausible
+    keep_staging: bool = False  # keep _staging/ (a second copy of every prepared volume) after a successful run
 
 
 @dataclass
@@ -180,15 +185,17 @@ class Config:
     def data_hash(self) -> str:
         """Hash of what prepared volumes depend on (``data.*`` that shapes voxels, and S): preprocessing's cache key,
         so changing training settings never forces a re-run of preprocessing."""
-        skip = ("s3_endpoint", "max_error_fraction", "task_retries")
+        skip = ("s3_endpoint", "max_error_fraction", "task_retries", "keep_staging")
         d = {k: v for k, v in self.to_dict()["data"].items() if k not in skip}
         blob = json.dumps({"data": d, "image_size": self.model.image_size}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def validate(self) -> Config:
+        """Check every field; a bad one raises ``ConfigError`` naming its key, the allowed values and the value."""
         m = self.model
         _check(m.arch in ("crfgan", "hagan"), "model.arch", f"must be crfgan or hagan, got {m.arch!r}")
         _check(m.image_size in SIZES, "model.image_size", f"must be one of {SIZES}, got {m.image_size}")
+        _check(m.embedding_size >= 0, "model.embedding_size", f"must be >= 0 (0: S/4), got {m.embedding_size}")
         _check(
             m.emb_size in (m.image_size // 4, m.image_size // 8),
             "model.embedding_size",
@@ -197,21 +204,73 @@ class Config:
         _check(m.emb_size >= 4, "model.embedding_size", "must be at least 4 (G^A starts from a 4³ grid)")
         _check(m.emb_slab_depth >= 1, "model.embedding_size", "leaves less than one embedding slice per sub-volume")
         _check(m.base_channels >= 8, "model.base_channels", f"must be >= 8 (GroupNorm has 8 groups), got {m.base_channels}")
+        for key in ("latent_dim", "d_channels", "d_low_channels", "sub_encoder_channels"):
+            _positive(f"model.{key}", getattr(m, key))
+        _check(m.embedding_channels >= 0, "model.embedding_channels", f"must be >= 0 (0: 2 × base_channels), "
+               f"got {m.embedding_channels}")
         _check(m.crf.nodes in ("slabs", "channels"), "model.crf.nodes", f"must be slabs or channels, got {m.crf.nodes!r}")
-        _check(m.crf.iterations >= 0, "model.crf.iterations", "must be >= 0")
+        _check(m.crf.iterations >= 0, "model.crf.iterations", f"must be >= 0, got {m.crf.iterations}")
+        _check(m.crf.num_nodes >= 0, "model.crf.num_nodes", f"must be >= 0 (0: the default count), got {m.crf.num_nodes}")
         n = crf_num_nodes(m)
         if m.crf.nodes == "slabs":
             _check(m.emb_size % n == 0, "model.crf.num_nodes", f"must divide the embedding depth {m.emb_size}, got {n}")
         else:
             _check(m.emb_channels % n == 0, "model.crf.num_nodes",
                    f"must divide the embedding channels {m.emb_channels}, got {n}")
-        _check(self.train.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.train.amp!r}")
-        _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.synth.norm_stats in ("global", "slab"), "synth.norm_stats", "must be global or slab")
-        _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 0, "synth.halo", "halo and slab must be >= 0")
-        _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
-        _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
-        _check(self.data.task_retries >= 0, "data.task_retries", f"must be >= 0, got {self.data.task_retries}")
+
+        t = self.train
+        _check(t.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {t.amp!r}")
+        for key in ("batch_size", "iterations", "log_every", "checkpoint_every", "val_every", "keep_checkpoints",
+                    "num_workers", "cpus_per_worker", "crf_weight_decay_iters"):
+            _positive(f"train.{key}", getattr(t, key))
+        for key in ("lr_g", "lr_d", "lr_e", "lr_crf"):
+            _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
+        for key in ("beta1", "beta2"):
+            v = getattr(t, key)
+            _check(0.0 <= v < 1.0, f"train.{key}", f"must be in [0, 1), got {v}")
+        _fraction("train.crf_weight_start", t.crf_weight_start)
+        _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: unlimited), got {t.max_failures}")
+        _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
+        _check(bool(t.run_name.strip()) and "/" not in t.run_name, "train.run_name",
+               f"must be a non-empty name without '/', got {t.run_name!r}")
+        _check(bool(t.storage_path.strip()), "train.storage_path", "must not be empty")
+
+        sy = self.synth
+        _positive("synth.num_volumes", sy.num_volumes)
+        _check(sy.seed >= 0, "synth.seed", f"must be >= 0, got {sy.seed}")
+        _check(sy.norm_stats in ("global", "slab"), "synth.norm_stats", f"must be global or slab, got {sy.norm_stats!r}")
+        _check(sy.halo >= 0, "synth.halo", f"must be >= 0, got {sy.halo}")
+        _check(sy.slab_embedding_slices >= 0, "synth.slab_embedding_slices",
+               f"must be >= 0 (0: E/16), got {sy.slab_embedding_slices}")
+
+        tu = self.tune
+        for key in ("num_samples", "max_concurrent_trials", "grace_period"):
+            _positive(f"tune.{key}", getattr(tu, key))
+        _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
+        _check(bool(tu.metric), "tune.metric", "must not be empty")
+        _positive("eval.num_volumes", self.eval.num_volumes)
+        _check(bool(self.mlflow.experiment), "mlflow.experiment", "must not be empty")
+        _check(bool(self.mlflow.registered_model), "mlflow.registered_model", "must not be empty")
+
+        d = self.data
+        _check(d.fit in ("crop_pad", "resize"), "data.fit", f"must be crop_pad or resize, got {d.fit!r}")
+        _check(d.modality in ("auto", "ct", "mri"), "data.modality", f"must be auto, ct or mri, got {d.modality!r}")
+        _check(d.spacing_mm >= 0, "data.spacing_mm", f"must be >= 0 (0 keeps the native spacing), got {d.spacing_mm}")
+        lo, hi = d.ct_window
+        _check(lo < hi, "data.ct_window", f"must be [low, high] with low < high, got {list(d.ct_window)}")
+        lo, hi = d.mri_percentiles
+        _check(0.0 <= lo < hi <= 100.0, "data.mri_percentiles",
+               f"must be [low, high] with 0 <= low < high <= 100, got {list(d.mri_percentiles)}")
+        _check(d.shard_target_mb > 0, "data.shard_target_mb", f"must be > 0, got {d.shard_target_mb}")
+        _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+        _fraction("data.max_error_fraction", d.max_error_fraction)
+        _positive("data.max_voxels", d.max_voxels)
+        _check(d.task_retries >= 0, "data.task_retries", f"must be >= 0, got {d.task_retries}")
+        _check(d.min_slices >= 1, "data.min_slices", f"must be >= 1, got {d.min_slices}")
+        _check(d.min_extent_mm >= 0, "data.min_extent_mm", f"must be >= 0, got {d.min_extent_mm}")
+        lo, hi = d.spacing_range_mm
+        _check(0 < lo < hi, "data.spacing_range_mm", f"must be [low, high] with 0 < low < high, got "
+               f"{list(d.spacing_range_mm)}")
         return self
 
 
@@ -226,6 +285,14 @@ def crf_num_nodes(m: ModelConfig) -> int:
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {msg}")
+
+
+def _positive(key: str, value) -> None:
+    _check(value >= 1, key, f"must be >= 1, got {value}")
+
+
+def _fraction(key: str, value) -> None:
+    _check(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value}")
 
 
 def _to_plain(obj):
@@ -254,17 +321,20 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _coerce(value, t, key: str):
     origin = typing.get_origin(t)
-    try:
-        if t is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if value.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
             return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ConfigError(f"{key} expects a boolean (true/false, 1/0, yes/no), got {value!r}")
+    try:
         if t is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -285,7 +355,7 @@ def _coerce(value, t, key: str):
     return value
 
 
-def _set(cfg: Config, key: str, value) -> None:
+def _set(cfg: Config, key: str, value, raw: str | None = None) -> None:
     parts = key.split(".")
     node = cfg
     for p in parts[:-1]:
@@ -296,6 +366,8 @@ def _set(cfg: Config, key: str, value) -> None:
     if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
         raise _unknown(key)
     t = typing.get_type_hints(type(node))[last]
+    if raw is not None and t is bool:
+        value = raw  # an override's text, not YAML's reading of it (YAML 1.1 also takes on/off/y/n as booleans)
     if dataclasses.is_dataclass(t):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(t)[0].name}=…")
@@ -318,12 +390,21 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("crfgan.configs").iterdir() if p.name.endswith(".yaml"))
 
 
+def _looks_like_path(arg: str) -> bool:
+    """A preset name wins over a file or folder of the same name in the working directory (``--config tiny`` with
+    an output folder ``tiny/``); an argument is a path when it has a separator or a YAML suffix, or names an existing
+    file that is not a preset."""
+    if "/" in arg or os.sep in arg or arg.endswith((".yaml", ".yml")):
+        return True
+    return arg not in preset_names() and Path(arg).is_file()
+
+
 def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
     """Build a config from defaults, a preset name or YAML path, then ``key=value`` overrides."""
     cfg = Config()
     if name_or_path:
         p = Path(name_or_path)
-        if p.suffix in (".yaml", ".yml") or p.exists():
+        if _looks_like_path(str(name_or_path)):
             if not p.is_file():
                 raise ConfigError(f"config file {p} does not exist")
             text = p.read_text(encoding="utf-8")
@@ -348,8 +429,11 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. model.crf.iterations=5)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        _set(cfg, key.strip(), value)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set(cfg, key.strip(), value, raw=raw)
     return cfg.validate()
 
 

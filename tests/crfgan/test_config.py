@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from crfgan.config import Config, ConfigError, config_from_dict, crf_num_nodes, load_config, preset_names
@@ -78,3 +80,66 @@ def test_data_hash_ignores_training_settings_but_not_data_ones():
     assert a.data_hash() == load_config("tiny", ["train.iterations=5", "model.crf.iterations=2"]).data_hash()
     assert a.data_hash() != load_config("tiny", ["data.spacing_mm=2.0"]).data_hash()
     assert a.data_hash() != load_config("tiny", ["model.image_size=64"]).data_hash()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.log_every=0", "train.log_every"),
+    ("train.checkpoint_every=0", "train.checkpoint_every"),
+    ("train.val_every=-5", "train.val_every"),
+    ("train.iterations=0", "train.iterations"),
+    ("train.num_workers=0", "train.num_workers"),
+    ("train.lr_g=0", "train.lr_g"),
+    ("train.beta2=1.0", "train.beta2"),
+    ("train.crf_weight_start=1.5", "train.crf_weight_start"),
+    ("train.run_name=a/b", "train.run_name"),
+    ("data.val_fraction=1.0", "data.val_fraction"),
+    ("data.max_error_fraction=-0.1", "data.max_error_fraction"),
+    ("data.ct_window=[600, -1024]", "data.ct_window"),
+    ("data.mri_percentiles=[99, 1]", "data.mri_percentiles"),
+    ("data.mri_percentiles=[0, 101]", "data.mri_percentiles"),
+    ("data.spacing_mm=-1", "data.spacing_mm"),
+    ("data.shard_target_mb=0", "data.shard_target_mb"),
+    ("data.max_voxels=0", "data.max_voxels"),
+    ("data.min_slices=0", "data.min_slices"),
+    ("data.spacing_range_mm=[5, 1]", "data.spacing_range_mm"),
+    ("model.latent_dim=0", "model.latent_dim"),
+    ("synth.num_volumes=0", "synth.num_volumes"),
+    ("synth.halo=-1", "synth.halo"),
+    ("tune.mode=lowest", "tune.mode"),
+    ("tune.num_samples=0", "tune.num_samples"),
+])
+def test_every_bad_value_names_its_key(override, key):
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + " "):
+        load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("text, expected", [("true", True), ("FALSE", False), ("1", True), ("0", False),
+                                            ("yes", True), ("no", False)])
+def test_booleans_parse_from_the_documented_words(text, expected):
+    assert load_config("tiny", [f"train.compile={text}"]).train.compile is expected
+
+
+@pytest.mark.parametrize("text", ["on", "off", "y", "2", "maybe", "[true]"])
+def test_other_boolean_words_are_refused(text):
+    with pytest.raises(ConfigError, match=r"train\.compile expects a boolean"):
+        load_config("tiny", [f"train.compile={text}"])
+
+
+def test_boolean_in_a_yaml_file_must_be_a_boolean(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("train:\n  compile: 7\n")
+    with pytest.raises(ConfigError, match=r"train\.compile expects a boolean"):
+        load_config(p)
+
+
+def test_preset_name_wins_over_a_folder_or_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a natural output folder name
+    assert load_config("tiny").model.image_size == 32
+    (tmp_path / "ct64").write_text("model:\n  image_size: 128\n")
+    assert load_config("ct64").model.image_size == 64
+    assert load_config("./ct64").model.image_size == 128  # looks like a path: the file
+    (tmp_path / "mine.yml").write_text("model:\n  image_size: 64\n")
+    assert load_config("mine.yml").model.image_size == 64
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("missing.yaml")
