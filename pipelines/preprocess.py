@@ -55,6 +55,7 @@ from crfgan.shards import (
 )
 from crfgan.volume import low_res, prepare
 from pipelines import sources
+from pipelines.args import add_config_arguments
 from pipelines.runtime import ensure_ray
 
 
@@ -284,8 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="URI",
                         help="folder, glob, file, zip/tar archive or s3://bucket/prefix; repeatable")
     parser.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
-    parser.add_argument("--config", default=None, metavar="NAME_OR_PATH", help="preset name or YAML path")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    add_config_arguments(parser)  # the same default preset as crfgan train, so their shards and model agree
 
 
 def main(args: argparse.Namespace) -> int:

@@ -56,9 +56,7 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
 
     endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     s = cfg.model.image_size
-    if manifest.get("image_size") not in (None, s):
-        raise ValueError(f"{data_uri}: shards hold {manifest['image_size']}³ volumes but model.image_size={s}; "
-                         f"preprocess with the same config or set model.image_size={manifest['image_size']}")
+    check_shards_match(cfg, data_uri, manifest)
 
     def read(split: str, min_rows: int = 1):
         # One item per volume (= one Parquet row group), read by zero-CPU tasks: streaming, and no CPU-bound
@@ -84,6 +82,20 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
         print("[train] warning: no val split in the shards; val_l1 is computed on train volumes", flush=True)
         val = read("train")
     return {"train": train, "val": val}
+
+
+def check_shards_match(cfg, data_uri: str, manifest: dict) -> None:
+    """Shards must hold cubes of ``model.image_size``; a mismatch is a one-line ``ConfigError`` saying what fixes it."""
+    from crfgan.config import ConfigError
+
+    held, s = manifest.get("image_size"), cfg.model.image_size
+    if held in (None, s):
+        return
+    made_by = (manifest.get("config") or {}).get("name")
+    fix = f"--config {made_by}" if made_by and made_by != cfg.name else f"model.image_size={held}"
+    raise ConfigError(f"{data_uri} holds {held}³ volumes (preprocessed with --config {made_by or '?'}) but "
+                      f"--config {cfg.name} trains at model.image_size={s}: train with {fix}, or preprocess again "
+                      f"with --config {cfg.name}")
 
 
 def _read_volume(item: dict, endpoint: str = "") -> dict:
@@ -170,14 +182,21 @@ def run_local(cfg, data_uri: str) -> int:
     """``--local``: stream the train split's volumes into memory and run the single-process trainer."""
     import numpy as np
 
-    from crfgan.shards import read_volumes
+    from crfgan.shards import read_manifest, read_volumes
     from crfgan.trainer import train_local
 
+    if not str(data_uri).endswith(".parquet"):
+        check_shards_match(cfg, data_uri, read_manifest(data_uri, cfg.data.s3_endpoint))
     vols = np.stack([r["volume"] for r in read_volumes(data_uri, "train", cfg.data.s3_endpoint)])
     out = Path(storage_uri(cfg.train.storage_path)) / cfg.train.run_name
     res = train_local(cfg, vols, out_dir=out)
     print(f"[train] local: {res.iterations} iterations in {res.seconds:.1f}s; generator at {res.generator_path}")
     return 0
+
+
+def _no_shards(data_uri: str, e: Exception) -> str:
+    return (f"train: {data_uri} has no manifest.json ({e.__class__.__name__}): --data takes the output folder of "
+            f"crfgan preprocess, not raw scans (crfgan preprocess --input SCANS --output SHARDS first)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,11 +205,15 @@ def main(args: argparse.Namespace) -> int:
         if "://" in cfg.train.storage_path:
             print("train: --local writes checkpoints to a local folder; pass --storage PATH", file=sys.stderr)
             return 2
-        return run_local(cfg, args.data)
+        try:
+            return run_local(cfg, args.data)
+        except FileNotFoundError as e:
+            print(_no_shards(args.data, e), file=sys.stderr)
+            return 2
     try:
         summary = run_training(cfg, args.data, mlflow_enabled=not args.no_mlflow)
     except FileNotFoundError as e:
-        print(f"train: {e}", file=sys.stderr)
+        print(_no_shards(args.data, e), file=sys.stderr)
         return 2
     from pipelines import tracking
 
