@@ -17,7 +17,6 @@ source_uri         string                                         where the volu
 modality           string                                         ct | mri
 split              string                                         train | val (stable hash of volume_id)
 volume             fixed_shape_tensor<float16>[S, S, S]           the cube, (z, y, x), values in [-1, 1]
-low_res            fixed_shape_tensor<float16>[S/4, S/4, S/4]     HA-GAN's D^L input (nearest ×1/4)
 spacing            fixed_size_list<float64>[3]                    cube voxel size (z, y, x) in mm
 original_shape     fixed_size_list<int32>[3]                      the scan as read, (x, y, z) RAS
 original_spacing   fixed_size_list<float64>[3]                    the scan's voxel size (x, y, z) in mm
@@ -33,7 +32,8 @@ every depth position of S/8 slices would cost S/8× more bytes), and the same ro
 real volume E(x_full) needs. The price is that a trainer reads S³ values to use one slab; at S = 256 that is 32 MiB
 in float16 per volume, which is cheap next to the G/D compute on the same sample. float16 holds [-1, 1] with a step
 of at most 2^-11 ≈ 4.9e-4 (max rounding error 2.4e-4, i.e. 0.2 HU inside the reference CT window of 1624 HU), and
-halves the bytes of float32; the reader returns float32. The low-res copy adds 1/64 of the volume's bytes.
+halves the bytes of float32; the reader returns float32. HA-GAN's low-resolution input of D^L is not stored: the
+training step computes it from the volume (nearest ×1/4, as the reference), so shards serve both architectures.
 """
 
 from __future__ import annotations
@@ -54,20 +54,18 @@ MANIFEST = "manifest.json"
 ERRORS = "errors.parquet"
 SHARD_DIR = "shards"
 STAGING_DIR = "_staging"
-LOW_RES_FACTOR = 4
 
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
 
 
 def volume_schema(image_size: int) -> pa.Schema:
-    s, lr = image_size, image_size // LOW_RES_FACTOR
+    s = image_size
     return pa.schema([
         ("volume_id", pa.string()),
         ("source_uri", pa.string()),
         ("modality", pa.string()),
         ("split", pa.string()),
         ("volume", pa.fixed_shape_tensor(pa.float16(), [s, s, s])),
-        ("low_res", pa.fixed_shape_tensor(pa.float16(), [lr, lr, lr])),
         ("spacing", pa.list_(pa.float64(), 3)),
         ("original_shape", pa.list_(pa.int32(), 3)),
         ("original_spacing", pa.list_(pa.float64(), 3)),
@@ -102,13 +100,13 @@ def split_for(vid: str, val_fraction: float) -> str:
 
 
 def rows_to_table(rows: list[dict], image_size: int) -> pa.Table:
-    """Rows with numpy ``volume`` (S,S,S) and ``low_res`` arrays → an Arrow table of ``volume_schema``."""
+    """Rows with a numpy ``volume`` (S, S, S) → an Arrow table of ``volume_schema``."""
     schema = volume_schema(image_size)
-    s, lr = image_size, image_size // LOW_RES_FACTOR
+    s = image_size
     cols = {}
     for f in schema:
-        if f.name in ("volume", "low_res"):
-            shape = (s, s, s) if f.name == "volume" else (lr, lr, lr)
+        if f.name == "volume":
+            shape = (s, s, s)
             arr = np.stack([np.asarray(r[f.name], dtype=np.float16).reshape(shape) for r in rows]) if rows \
                 else np.zeros((0, *shape), np.float16)
             storage = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float16()), int(np.prod(shape)))
@@ -212,7 +210,7 @@ def list_shards(uri: str, split: str | None = None, endpoint: str = "") -> list[
 
 
 def read_volumes(uri: str, split: str | None = "train", endpoint: str = "") -> Iterator[dict]:
-    """Yield one dict per volume: every column, ``volume`` as float32 (S, S, S), ``low_res`` float32 (S/4)³.
+    """Yield one dict per volume: every column, ``volume`` as float32 (S, S, S).
 
     ``uri`` is the output folder/prefix of ``crfgan preprocess`` or a single shard file. Reads one row group (one
     volume) at a time, so memory stays at one volume whatever the shard size.
@@ -225,10 +223,9 @@ def read_volumes(uri: str, split: str | None = "train", endpoint: str = "") -> I
         for g in range(pf.num_row_groups):
             t = pf.read_row_group(g)
             for i in range(t.num_rows):
-                row = {c: t.column(c)[i].as_py() for c in t.column_names if c not in ("volume", "low_res")}
+                row = {c: t.column(c)[i].as_py() for c in t.column_names if c != "volume"}
                 if split is not None and row["split"] != split:
                     continue
-                for c in ("volume", "low_res"):
-                    col = t.column(c).combine_chunks()  # (rows, *shape) tensor extension array
-                    row[c] = col.slice(i, 1).to_numpy_ndarray()[0].astype(np.float32)
+                col = t.column("volume").combine_chunks()  # (rows, S, S, S) tensor extension array
+                row["volume"] = col.slice(i, 1).to_numpy_ndarray()[0].astype(np.float32)
                 yield row

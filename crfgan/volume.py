@@ -116,15 +116,3 @@ def prepare(scan: Scan, cfg) -> tuple[np.ndarray, tuple[float, float, float]]:
 def prepare_volume(scan: Scan, cfg) -> np.ndarray:
     """Scan → (S, S, S) float32 (z, y, x) in [-1, 1], S = ``cfg.model.image_size``. Raises ``ScanError``."""
     return prepare(scan, cfg)[0]
-
-
-def low_res(volume: np.ndarray, factor: int = 4) -> np.ndarray:
-    """HA-GAN's low-resolution copy: ``F.interpolate(x, scale_factor=1/factor)`` with its default nearest mode.
-
-    Nearest with scale 1/4 picks voxel ``floor(i * 4)``, i.e. ``volume[::4, ::4, ::4]``, exactly as the reference
-    computes the real low-res input of D^L.
-    """
-    s = volume.shape
-    assert all(n % factor == 0 for n in s), f"volume shape {s} must be divisible by the low-res factor {factor}"
-    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
-    return F.interpolate(t, scale_factor=1.0 / factor, mode="nearest")[0, 0].numpy()

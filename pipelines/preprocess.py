@@ -2,7 +2,7 @@
 
     crfgan preprocess --input URI [--input URI …] --output URI --config NAME_OR_PATH [key=value …]
 
-Stages (the pure work is ``crfgan.io.load_scan`` → ``crfgan.volume.prepare`` → ``crfgan.volume.low_res``):
+Stages (the pure work is ``crfgan.io.load_scan`` → ``crfgan.volume.prepare``):
 1. Driver: ``pipelines.sources.discover`` lists paths and sizes (no contents) and forms units (file, DICOM folder,
    archive).
 2. Ray Data ``map`` over units (one task per block, blocks of a few units): each task stages its unit (S3 download,
@@ -53,7 +53,7 @@ from crfgan.shards import (
     write_shard,
     write_table_atomic,
 )
-from crfgan.volume import low_res, prepare
+from crfgan.volume import prepare
 from pipelines import sources
 from pipelines.args import add_config_arguments
 from pipelines.runtime import ensure_ray
@@ -127,7 +127,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                     vol, spacing = prepare(scan, cfg)  # (S, S, S) z, y, x in [-1, 1]
                     modality = cfg.data.modality if cfg.data.modality != "auto" else scan.modality
                     row = {"volume_id": vid, "source_uri": name, "modality": modality,
-                           "split": split_for(vid, cfg.data.val_fraction), "volume": vol, "low_res": low_res(vol),
+                           "split": split_for(vid, cfg.data.val_fraction), "volume": vol,
                            "spacing": list(spacing), "original_shape": [int(v) for v in scan.meta["original_shape"]],
                            "original_spacing": [float(v) for v in scan.meta["original_spacing"]], "image_size": s,
                            "slab_depth": cfg.model.slab_depth, "num_slabs": s // cfg.model.slab_depth,
@@ -135,7 +135,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                     rows.append(row)
                     metas.append({"volume_id": vid, "source_uri": name, "split": row["split"], "modality": modality,
                                   "spacing": row["spacing"], "original_shape": row["original_shape"],
-                                  "nbytes": int(vol.size * 2 + row["low_res"].size * 2), "row": len(rows) - 1})
+                                  "nbytes": int(vol.size * 2), "row": len(rows) - 1})
                 except Exception as e:  # noqa: BLE001 — one bad volume never stops the unit
                     errors.append({"source_uri": name, "stage": stage, "reason": _reason(e)})
         except sources.UnsafeArchive as e:
@@ -259,7 +259,7 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         "units_skipped": sum(r["skipped"] for r in results),
         "errors_path": join(output.rstrip("/"), ERRORS), "shards": shards, "config_hash": cfg.data_hash(),
         "config": cfg.to_dict(), "package_version": crfgan.__version__, "counts": counts,
-        "volume_shape": [s, s, s], "low_res_shape": [s // 4] * 3, "axis_order": "zyx", "dtype": "float16",
+        "volume_shape": [s, s, s], "axis_order": "zyx", "dtype": "float16",
         "image_size": s, "slab_depth": cfg.model.slab_depth,
         "spacing_mm": {"min": [min(v[i] for v in spacings) for i in range(3)] if spacings else None,
                        "max": [max(v[i] for v in spacings) for i in range(3)] if spacings else None},

@@ -19,7 +19,7 @@ def rows(n, s=32, seed=0):
         vol = rng.uniform(-1, 1, (s, s, s)).astype(np.float32)
         vid = sh.volume_id(vol, [1.0, 1.0, 1.0])
         out.append({"volume_id": vid, "source_uri": f"/data/scan{i}.nii.gz", "modality": "ct",
-                    "split": sh.split_for(vid, 0.5), "volume": vol, "low_res": vol[::4, ::4, ::4],
+                    "split": sh.split_for(vid, 0.5), "volume": vol,
                     "spacing": [1.0, 2.0, 3.0], "original_shape": [100, 110, 120], "original_spacing": [3.0, 2.0, 1.0],
                     "image_size": s, "slab_depth": s // 8, "num_slabs": 8, "config_hash": "abc"})
     return out
@@ -65,7 +65,7 @@ def test_round_trip_float16_precision(tmp_path):
         g = got[r["volume_id"]]
         assert g["volume"].dtype == np.float32 and g["volume"].shape == (32, 32, 32)
         assert np.abs(g["volume"] - r["volume"]).max() <= 2.0**-12  # float16 rounding in [-1, 1]
-        assert g["low_res"].shape == (8, 8, 8) and g["split"] == r["split"]
+        assert "low_res" not in g and g["split"] == r["split"]
         assert g["spacing"] == [1.0, 2.0, 3.0] and g["slab_depth"] == 4 and g["num_slabs"] == 8
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from crfgan.config import load_config
 from crfgan.io import Scan, ScanError, load_scan
-from crfgan.volume import crop_pad, low_res, prepare, prepare_volume, resample
+from crfgan.volume import crop_pad, prepare, prepare_volume, resample
 from tests.crfgan.test_io import CT, FLAIR, needs_data
 
 
@@ -97,10 +95,3 @@ def test_crop_pad(shape):
     out = crop_pad(v, 32, fill=0.0)
     assert out.shape == (32, 32, 32)
     assert out.sum() == np.prod([min(n, 32) for n in shape])
-
-
-def test_low_res_matches_hagan_interpolate():
-    v = np.random.default_rng(0).uniform(-1, 1, (32, 32, 32)).astype(np.float32)
-    lr = low_res(v)
-    ref = F.interpolate(torch.from_numpy(v)[None, None], scale_factor=0.25)[0, 0].numpy()
-    assert lr.shape == (8, 8, 8) and np.array_equal(lr, ref) and np.array_equal(lr, v[::4, ::4, ::4])
