@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +22,9 @@ from safetensors.torch import load_file, save_file
 from .config import Config, config_from_dict
 from .generator import Generator
 from .models import Networks, Optimizers, build_networks
+from .storage import atomic_local_dir
 
 GENERATOR_FILE = "generator.safetensors"
-
-
-def _atomic_dir(path: Path):
-    """Write into a temp folder beside ``path``; the caller renames it into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
 
 
 def _contiguous(sd: dict) -> dict:
@@ -92,21 +78,21 @@ def save_checkpoint(path: str | Path, cfg: Config, nets: Networks, opts: Optimiz
                     extra: dict | None = None) -> Path:
     """Write a complete training checkpoint folder atomically."""
     path = Path(path)
-    tmp = _atomic_dir(path)
     weights = {}
     for name, module in nets.items():
         for k, v in _contiguous(getattr(module, "module", module).state_dict()).items():
             weights[f"{name}.{k}"] = v
-    save_file(weights, tmp / "weights.safetensors")
-    if opts is not None:
-        tensors: dict = {}
-        structure = {k: _flatten_optimizer(k, o.state_dict(), tensors) for k, o in opts.opts.items()}
-        save_file(tensors, tmp / "optimizers.safetensors")
-        (tmp / "optimizers.json").write_text(json.dumps(structure))
-    (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    state = {"iteration": iteration, "rng": rng_state(), **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    _publish(tmp, path)
+    with atomic_local_dir(path) as d:
+        tmp = Path(d)
+        save_file(weights, tmp / "weights.safetensors")
+        if opts is not None:
+            tensors: dict = {}
+            structure = {k: _flatten_optimizer(k, o.state_dict(), tensors) for k, o in opts.opts.items()}
+            save_file(tensors, tmp / "optimizers.safetensors")
+            (tmp / "optimizers.json").write_text(json.dumps(structure))
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        state = {"iteration": iteration, "rng": rng_state(), **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
     return path
 
 
@@ -132,11 +118,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", nets: 
 def save_generator(path: str | Path, cfg: Config, g: Generator, metadata: dict | None = None) -> Path:
     """Export only the generator (what synthesis needs): ``generator.safetensors`` + ``config.json``."""
     path = Path(path)
-    tmp = _atomic_dir(path)
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    save_file(_contiguous(getattr(g, "module", g).state_dict()), tmp / GENERATOR_FILE, metadata=meta)
-    (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    _publish(tmp, path)
+    with atomic_local_dir(path) as d:
+        save_file(_contiguous(getattr(g, "module", g).state_dict()), Path(d) / GENERATOR_FILE, metadata=meta)
+        (Path(d) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     return path
 
 

@@ -45,21 +45,21 @@ def slice_positions(files: list[str], name: str) -> tuple[np.ndarray, dict]:
         try:
             r.ReadImageInformation()
         except RuntimeError:
-            raise ScanError(name, f"DICOM file {Path(f).name} has an unreadable header") from None
+            raise ScanError(name, f"DICOM file {Path(f).name} has an unreadable header", file=f) from None
 
         def get(k: str, r=r) -> str:
             return r.GetMetaData(k) if r.HasMetaDataKey(k) else ""
         if normal is None:
             iop = _floats(get("0020|0037"))
             if len(iop) != 6:
-                raise ScanError(name, f"DICOM file {Path(f).name} lacks ImageOrientationPatient (0020,0037)")
+                raise ScanError(name, f"DICOM file {Path(f).name} lacks ImageOrientationPatient (0020,0037)", file=f)
             normal = np.cross(iop[:3], iop[3:])
             size = r.GetSize()
             info = {"rows_cols": (int(size[0]), int(size[1])), "modality": get("0008|0060").strip(),
                     "series_uid": get("0020|000e").strip()}
         ipp = _floats(get("0020|0032"))
         if len(ipp) != 3:
-            raise ScanError(name, f"DICOM file {Path(f).name} lacks ImagePositionPatient (0020,0032)")
+            raise ScanError(name, f"DICOM file {Path(f).name} lacks ImagePositionPatient (0020,0032)", file=f)
         positions.append(float(np.dot(normal, ipp)))
     return np.sort(np.array(positions)), info
 

@@ -33,11 +33,15 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class ScanError(ValueError):
-    """A scan that cannot be used; ``path`` names the file, ``reason`` says what is wrong (and the fix if any)."""
+    """A scan that cannot be used; ``path`` names the scan, ``reason`` says what is wrong (and the fix if any).
 
-    def __init__(self, path: str, reason: str):
+    ``file`` is the one file at fault when the scan is made of several (a DICOM series), else empty.
+    """
+
+    def __init__(self, path: str, reason: str, file: str = ""):
         self.path = str(path)
         self.reason = reason
+        self.file = str(file)
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -105,6 +109,27 @@ def _nifti_class(head: bytes, name: str):
     raise ScanError(name, "is not a NIfTI file (bad header size field); is it corrupt or misnamed?")
 
 
+def _check_raw_pixdim(head: bytes, name: str) -> None:
+    """Refuse a header whose stored voxel spacing is zero, negative or not finite.
+
+    nibabel silently reads a zero ``pixdim`` as 1 mm ("setting 0 dims to 1"), so the header's own bytes are checked
+    before it gets the chance: pixdim[1:4] is float32 at byte 76 (NIfTI-1) or float64 at byte 104 (NIfTI-2).
+    """
+    for order in ("<", ">"):
+        size = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+        if size == 348 and len(head) >= 92:
+            pix = np.frombuffer(head[76:92], dtype=f"{order}f4")[1:4]
+            break
+        if size == 540 and len(head) >= 136:
+            pix = np.frombuffer(head[104:136], dtype=f"{order}f8")[1:4]
+            break
+    else:
+        return
+    if not (np.all(np.isfinite(pix)) and np.all(pix > 0)):
+        raise ScanError(name, f"header voxel spacing (pixdim) {[float(v) for v in pix]} is zero, negative or not "
+                              f"finite; the scan's geometry is unknown (nibabel would read it as 1 mm)")
+
+
 def _open_nifti_bytes(raw: bytes, name: str):
     """A lazy image over in-memory bytes (gzipped or not): the header is parsed, no voxel is read yet."""
     if raw[:2] == b"\x1f\x8b":
@@ -117,8 +142,17 @@ def _open_nifti_bytes(raw: bytes, name: str):
         head = raw[:4]
         fileobj = io.BytesIO(raw)
     klass = _nifti_class(head, name)
+    _check_raw_pixdim(head, name)
     fh = nib.FileHolder(fileobj=fileobj)
     return klass.from_file_map({"header": fh, "image": fh})
+
+
+def check_header_bytes(head: bytes, name: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
+    """Check a NIfTI file's first bytes (gzipped or not; the first 64 KiB are plenty) before fetching the rest:
+    raises ``ScanError`` for a non-NIfTI header, a bad spacing, a non-scalar voxel type or too many voxels."""
+    img = _open_nifti_bytes(head, name)
+    _check_dtype(name, img.get_data_dtype())
+    _check_shape(name, img.shape, max_voxels)
 
 
 def _read_nifti(img, name: str, max_voxels: int) -> Scan:
@@ -222,6 +256,7 @@ def load_scan(path_or_bytes, name: str | None = None, max_voxels: int = DEFAULT_
         except zlib.error as e:
             raise ScanError(name, f"is not a valid gzip stream ({e})") from None
     _nifti_class(head, name)
+    _check_raw_pixdim(head, name)
     try:
         img = nib.load(str(path))
     except Exception as e:

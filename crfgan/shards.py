@@ -5,7 +5,9 @@ Layout under the output URI (a local folder or ``s3://bucket/prefix``)::
     manifest.json              what the run produced (the reader's entry point)
     errors.parquet             one row per failed input: source_uri, stage, reason
     shards/train-00000.parquet shards/val-00000.parquet …   cut at ``data.shard_target_mb``
-    _staging/<unit>.parquet    per-input results; a rerun skips inputs whose staging file exists
+    _staging/<data hash>/<unit>.parquet   per-input results (a second copy of every prepared volume); removed after
+                               a successful run unless data.keep_staging, when a rerun skips inputs whose staging
+                               file exists; folders of other data hashes are purged
 
 Shard schema — **one row per volume**, one Parquet row group per row (a reader holds one volume at a time):
 
@@ -15,7 +17,7 @@ column             type                                           meaning
 volume_id          string                                         content hash of the scan as read (see volume_id)
 source_uri         string                                         where the volume came from
 modality           string                                         ct | mri
-split              string                                         train | val (stable hash of volume_id)
+split              string                                         train | val (stable hash of volume_id; see ensure_val)
 volume             fixed_shape_tensor<float16>[S, S, S]           the cube, (z, y, x), values in [-1, 1]
 spacing            fixed_size_list<float64>[3]                    cube voxel size (z, y, x) in mm
 original_shape     fixed_size_list<int32>[3]                      the scan as read, (x, y, z) RAS
@@ -99,6 +101,20 @@ def split_for(vid: str, val_fraction: float) -> str:
     return "val" if split_score(vid) < val_fraction else "train"
 
 
+def ensure_val(metas: list[dict], val_fraction: float) -> list[dict]:
+    """With ``val_fraction > 0`` and at least two distinct scans, at least one scan goes to val.
+
+    A hash split of a few volumes can put them all in train (10 volumes at 0.1 do so 35 % of the time); then the scan
+    with the lowest split score — the one closest to val — moves there with all its copies. ``metas`` need
+    ``volume_id`` and ``split``; returns new dicts.
+    """
+    ids = {m["volume_id"] for m in metas}
+    if val_fraction <= 0 or len(ids) < 2 or any(m["split"] == "val" for m in metas):
+        return metas
+    pick = min(ids, key=split_score)
+    return [{**m, "split": "val"} if m["volume_id"] == pick else m for m in metas]
+
+
 def rows_to_table(rows: list[dict], image_size: int) -> pa.Table:
     """Rows with a numpy ``volume`` (S, S, S) → an Arrow table of ``volume_schema``."""
     schema = volume_schema(image_size)
@@ -179,6 +195,8 @@ def write_shard(fs: pafs.FileSystem, root: str, plan: dict) -> dict:
         assert t.num_rows == 1 and t.column("volume_id")[0].as_py() == m["volume_id"], f"staging mismatch {m}"
         parts.append(t)
     table = pa.concat_tables(parts)
+    i = table.schema.get_field_index("split")  # the plan's split wins over the staged one (see ensure_val)
+    table = table.set_column(i, "split", pa.array([plan["split"]] * table.num_rows, pa.string()))
     nbytes = write_table_atomic(fs, join(root, plan["name"]), table)
     return {"path": plan["name"], "split": plan["split"], "volumes": table.num_rows, "bytes": nbytes,
             "volume_ids": plan["volume_ids"]}

@@ -1,6 +1,7 @@
 """Where outputs live: a local path or ``s3://bucket/key`` through one pyarrow filesystem, and atomic writes.
 
-Every output file of the project appears whole or not at all:
+Every output file of the project appears whole or not at all (``atomic_local_dir`` does the same for a folder, such as a
+checkpoint):
 - local: written to a temporary name in the destination folder, given the permissions a plain ``open()`` would give
   under the user's umask (``mkstemp`` alone leaves 0600), then ``os.replace``d into place;
 - S3: one PUT, which is atomic per object.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -41,10 +43,14 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def _umask_mode(base: int = 0o666) -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return base & ~mask
+    return mask
+
+
+def _umask_mode(base: int = 0o666) -> int:
+    return base & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -66,6 +72,41 @@ def atomic_local_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_local_dir(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder beside ``path``; on a clean exit it replaces ``path`` (a folder), the folder and every
+    file in it with the umask's permissions (``mkdtemp`` alone leaves 0700).
+
+    A reader never sees a half-written folder: an older ``path`` is removed just before the rename, so a crash between
+    the two leaves no folder rather than a partial one. On an exception the temporary folder is removed.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}.", dir=parent)
+    try:
+        yield tmp
+        # writers that create private files (safetensors' save_file leaves 0600) get the umask's mode too
+        for folder, dirs, files in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(folder, d), _umask_mode(0o777))
+            for f in files:
+                os.chmod(os.path.join(folder, f), _umask_mode())
+        os.chmod(tmp, _umask_mode(0o777))
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """A local text file (UTF-8), written whole or not at all, with the umask's permissions."""
+    with atomic_local_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -1,6 +1,9 @@
 """Turn a ``Scan`` into the cube the model trains on: (S, S, S) float32 in (z, y, x) order, values in [-1, 1].
 
 Steps (all from ``cfg.data`` and ``cfg.model.image_size``):
+0. Geometry: a scan whose voxel spacing is non-finite or outside ``data.spacing_range_mm``, whose orientation is
+   degenerate (voxel axes not spanning 3D), or that is thinner than ``data.min_slices`` voxels or
+   ``data.min_extent_mm`` along any axis is refused (``fit: resize`` would stretch a thin slab into a cube).
 1. Non-finite voxels (NaN, ±Inf): replaced by the finite minimum (background). A scan with more than
    ``MAX_NONFINITE_FRACTION`` non-finite voxels is refused — that is a broken volume, not a few bad voxels.
 2. Resample to isotropic ``data.spacing_mm`` (trilinear; 0 keeps the native spacing).
@@ -30,6 +33,29 @@ def _interp(arr: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]  # (1, 1, a, b, c)
     out = F.interpolate(t, size=size, mode="trilinear", align_corners=False)
     return out[0, 0].numpy()
+
+
+def check_geometry(scan: Scan, cfg) -> None:
+    """Refuse implausible geometry and volumes too thin to be a 3D scan, with a reason naming the limit."""
+    name, d = scan.name, cfg.data
+    spacing = np.asarray(scan.spacing, dtype=np.float64)
+    lo, hi = (float(v) for v in d.spacing_range_mm)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing < lo) or np.any(spacing > hi):
+        raise ScanError(name, f"voxel spacing {[round(float(v), 6) for v in spacing]} mm is implausible (outside "
+                              f"data.spacing_range_mm=[{lo:g}, {hi:g}])")
+    axes = np.asarray(scan.affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(axes, axis=0)
+    if not np.all(np.isfinite(axes)) or np.any(norms == 0) or \
+            abs(np.linalg.det(axes / norms)) < 1e-3:  # unit voxel axes nearly coplanar: no 3D frame
+        raise ScanError(name, "has a degenerate orientation (its voxel axes do not span 3D space)")
+    shape = np.array(scan.shape)
+    if shape.min() < d.min_slices:
+        raise ScanError(name, f"is too thin for a 3D scan: {shape.tolist()} voxels, fewer than data.min_slices="
+                              f"{d.min_slices} along an axis")
+    extent = shape * spacing
+    if extent.min() < d.min_extent_mm:
+        raise ScanError(name, f"is too thin for a 3D scan: it covers {[round(float(v), 1) for v in extent]} mm, less "
+                              f"than data.min_extent_mm={d.min_extent_mm:g} along an axis")
 
 
 def fix_nonfinite(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
@@ -95,6 +121,7 @@ def crop_pad(vol: np.ndarray, size: int, fill: float = -1.0) -> np.ndarray:
 def prepare(scan: Scan, cfg) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Like ``prepare_volume`` but also returns the cube's (z, y, x) voxel spacing in mm."""
     s = cfg.model.image_size
+    check_geometry(scan, cfg)
     arr = fix_nonfinite(np.asarray(scan.array, dtype=np.float32), scan.name)  # (x, y, z)
     modality = cfg.data.modality if cfg.data.modality != "auto" else scan.modality
     arr, spacing = resample(arr, scan.spacing, cfg.data.spacing_mm)

@@ -43,6 +43,7 @@ def synthesize(model: tuple[str, str], tracking_uri: str, run_id: str, out_dir: 
 
     import crfgan
     from crfgan.io import write_nifti
+    from crfgan.storage import write_text_atomic
 
     name, version = model
     mlflow.set_tracking_uri(tracking_uri)
@@ -58,9 +59,7 @@ def synthesize(model: tuple[str, str], tracking_uri: str, run_id: str, out_dir: 
                    "config_hash": cfg.hash(), "package_version": crfgan.__version__, "spacing_zyx_mm": list(spacing),
                    "render": {"tiled": s.tiled, "slab": s.slab_embedding_slices, "halo": s.halo,
                               "norm_stats": s.norm_stats}}
-        tmp = path.parent / f".synthetic_{i:03d}.json.tmp"
-        tmp.write_text(json.dumps(sidecar, indent=2))
-        tmp.replace(path.parent / f"synthetic_{i:03d}.json")
+        write_text_atomic(path.parent / f"synthetic_{i:03d}.json", json.dumps(sidecar, indent=2))
         written.append(path)
     return written
 

@@ -40,6 +40,7 @@ from crfgan.shards import (
     ERRORS,
     SHARD_DIR,
     STAGING_DIR,
+    ensure_val,
     exists,
     filesystem,
     join,
@@ -53,6 +54,7 @@ from crfgan.shards import (
     write_shard,
     write_table_atomic,
 )
+from crfgan.storage import current_umask
 from crfgan.volume import prepare
 from pipelines import sources
 from pipelines.args import add_config_arguments
@@ -69,12 +71,18 @@ def _dicom_volumes(folder: str, name: str, max_voxels: int):
         yield label, functools.partial(load_dicom_series, folder, uid, label, max_voxels)
 
 
-def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int):
-    """Yield (source_uri, loader) for every volume in a unit; loaders raise ScanError for bad volumes."""
+def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int, origin: dict | None = None):
+    """Yield (source_uri, loader) for every volume in a unit; loaders raise ScanError for bad volumes.
+
+    ``origin`` is filled with {local staged or extracted path: the URI it came from}, so an error about one file
+    names that file as the user knows it.
+    """
+    origin = {} if origin is None else origin
     uri, kind = unit["uri"], unit["kind"]
     if kind == "file":
         if uri.startswith("s3://"):
-            yield uri, lambda: load_scan(sources.read_bytes(uri, endpoint), name=uri, max_voxels=max_voxels)
+            yield uri, lambda: load_scan(sources.read_scan_bytes(uri, endpoint, max_voxels), name=uri,
+                                         max_voxels=max_voxels)
         else:
             yield uri, functools.partial(load_scan, uri, uri, max_voxels)
     elif kind == "dicom":
@@ -82,13 +90,14 @@ def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int):
         if uri.startswith("s3://"):
             folder = os.path.join(tmp, "dicom")
             for f in unit["files"]:
-                sources.stage(f, folder, endpoint)
+                origin[sources.stage(f, folder, endpoint)] = f
         yield from _dicom_volumes(folder, uri, max_voxels)
     else:  # archive: refused as a whole when any member is unsafe (raises UnsafeArchive → stage "extract")
         local = sources.stage(uri, os.path.join(tmp, "download"), endpoint)
         root = os.path.join(tmp, "extract")
         files = sources.safe_extract(local, root)
         listing = [(f, os.path.getsize(f)) for f in sorted(files)]
+        origin.update({f: f"{uri}!/{os.path.relpath(f, root)}" for f in files})
         for inner in sources._units_from_listing(listing, ""):
             name = f"{uri}!/{os.path.relpath(inner['uri'], root)}"
             if inner["kind"] == "file":
@@ -109,16 +118,17 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
     """Prepare every volume of one unit into ``_staging/<key>.parquet``; returns small JSON-able metadata."""
     fs, root = filesystem(out_uri, endpoint)
     key = sources.unit_key(unit, cfg.data_hash())
-    staging = join(root, STAGING_DIR, f"{key}.parquet")
+    staging = join(root, STAGING_DIR, cfg.data_hash(), f"{key}.parquet")
     if exists(fs, staging):
         meta = pq.ParquetFile(staging, filesystem=fs).schema_arrow.metadata or {}
         done = json.loads(meta[b"crfgan.result"])
         return {**done, "staging": staging, "skipped": True}
     rows, metas, errors = [], [], []
     s = cfg.model.image_size
+    origin: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="crfgan-pre-") as tmp:
         try:
-            for name, loader in _volumes_of(unit, tmp, endpoint, cfg.data.max_voxels):
+            for name, loader in _volumes_of(unit, tmp, endpoint, cfg.data.max_voxels, origin):
                 stage = "read"
                 try:
                     scan = loader()
@@ -137,7 +147,9 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                                   "spacing": row["spacing"], "original_shape": row["original_shape"],
                                   "nbytes": int(vol.size * 2), "row": len(rows) - 1})
                 except Exception as e:  # noqa: BLE001 — one bad volume never stops the unit
-                    errors.append({"source_uri": name, "stage": stage, "reason": _reason(e)})
+                    # the one file at fault when the volume is a DICOM series and the error names one
+                    bad = getattr(e, "file", "")
+                    errors.append({"source_uri": origin.get(bad, bad) or name, "stage": stage, "reason": _reason(e)})
         except sources.UnsafeArchive as e:
             errors.append({"source_uri": unit["uri"], "stage": "extract", "reason": f"archive refused: {e}"})
         except Exception as e:  # noqa: BLE001 — staging / listing failed (network, permissions): retried on the next run
@@ -155,7 +167,9 @@ def _config(cfg_json: str):
     return config_from_dict(json.loads(cfg_json))  # 12 ms to validate a tree: once per worker, not once per unit
 
 
-def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str) -> dict:
+def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str, umask: int | None = None) -> dict:
+    if umask is not None:  # the driver user's umask: a Ray worker keeps the one of the process that started Ray
+        os.umask(umask)
     unit = json.loads(row["unit"])
     try:
         res = process_unit(unit, _config(cfg_json), out_uri, endpoint)
@@ -166,7 +180,9 @@ def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str) -> dict:
     return {"result": json.dumps(res)}
 
 
-def _write_shard(plan: dict, out_uri: str, endpoint: str) -> dict:
+def _write_shard(plan: dict, out_uri: str, endpoint: str, umask: int | None = None) -> dict:
+    if umask is not None:
+        os.umask(umask)
     fs, root = filesystem(out_uri, endpoint)
     return write_shard(fs, root, plan)
 
@@ -207,8 +223,9 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         raise FileNotFoundError(f"no scans found in {inputs}")
     fs, root = filesystem(output, endpoint)
     n_blocks = min(len(units), 1000)
+    umask = current_umask()
     fn = functools.partial(_map_unit, cfg_json=json.dumps(cfg.to_dict(), sort_keys=True), out_uri=output,
-                           endpoint=endpoint)
+                           endpoint=endpoint, umask=umask)
     # A dataset copies the DataContext when it is created: the setting must be in place before from_items.
     with data_context(max_errored_blocks=n_blocks):  # a crashed block becomes error rows below, the run goes on
         ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=n_blocks)
@@ -225,6 +242,7 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     errors += [{"source_uri": u["uri"], "stage": "worker", "reason": "the Ray task processing it failed"}
                for u in units if u["uri"] not in seen]
     metas = [{**m, "staging": r["staging"]} for r in results for m in r["volumes"]]
+    metas = ensure_val(metas, cfg.data.val_fraction)
     plans = plan_shards(metas, cfg.data.shard_target_mb)
 
     try:
@@ -244,7 +262,7 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         # A handful of plain tasks, one per shard (atomic, idempotent writes: retrying is safe); a Ray Data
         # dataset's start-up buys nothing for so few items.
         task = ray.remote(num_cpus=1, max_retries=cfg.data.task_retries)(_write_shard)
-        shards += ray.get([task.remote(p, output, endpoint) for p in todo])
+        shards += ray.get([task.remote(p, output, endpoint, umask) for p in todo])
     shards.sort(key=lambda s: s["path"])
     write_errors(fs, root, errors)
 
@@ -264,11 +282,38 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         "spacing_mm": {"min": [min(v[i] for v in spacings) for i in range(3)] if spacings else None,
                        "max": [max(v[i] for v in spacings) for i in range(3)] if spacings else None},
         "bytes_in": sum(u["size"] for u in units), "bytes_out": sum(sh["bytes"] for sh in shards),
-        "elapsed_s": round(time.time() - t0, 3),
+        "staging_bytes": _tree_bytes(fs, join(root, STAGING_DIR, cfg.data_hash())),
+        "staging_kept": cfg.data.keep_staging, "elapsed_s": round(time.time() - t0, 3),
     }
     write_manifest(fs, root, manifest)
     _drop_stale_shards(fs, root, {sh["path"] for sh in shards})
+    _clean_staging(fs, root, cfg.data_hash() if cfg.data.keep_staging else None)
     return manifest
+
+
+def _tree_bytes(fs, path: str) -> int:
+    from pyarrow.fs import FileSelector, FileType
+
+    infos = fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True))
+    return sum(i.size or 0 for i in infos if i.type == FileType.File)
+
+
+def _clean_staging(fs, root: str, keep_hash: str | None) -> None:
+    """Delete ``_staging/`` after a successful run, or, when it is kept, the folders of other data hashes."""
+    from pyarrow.fs import FileSelector, FileType
+
+    base = join(root, STAGING_DIR)
+    if keep_hash is None:
+        if fs.get_file_info(base).type == FileType.Directory:
+            fs.delete_dir(base)
+        return
+    for info in fs.get_file_info(FileSelector(base, allow_not_found=True)):
+        if info.base_name == keep_hash:
+            continue
+        if info.type == FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
 
 
 def _drop_stale_shards(fs, root: str, keep: set[str]) -> None:

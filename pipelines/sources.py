@@ -50,23 +50,34 @@ def kind_of(name: str) -> str | None:
     return None
 
 
-def _units_from_listing(files: list[tuple[str, int]], scheme: str) -> list[dict]:
-    """[(path, size)] → units; DICOM files are grouped by their folder (series split happens when staged)."""
+def _units_from_listing(files: list[tuple], scheme: str) -> list[dict]:
+    """[(path, size[, version])] → units; DICOM files are grouped by their folder (series split happens when staged).
+
+    ``version`` says which content a path holds (local: mtime in ns; S3: the ETag); a unit's version combines its
+    files', so a scan replaced in place — even with the same size — is prepared again.
+    """
     units, dicom_dirs = [], {}
-    for path, size in files:
+    for path, size, *version in files:
         k = kind_of(path)
+        v = str(version[0]) if version else ""
         if k in ("file", "archive"):
-            units.append({"uri": scheme + path, "kind": k, "size": int(size), "files": []})
+            units.append({"uri": scheme + path, "kind": k, "size": int(size), "files": [], "version": v})
         elif k == "dicom":
-            dicom_dirs.setdefault(posixpath.dirname(path), []).append((path, size))
+            dicom_dirs.setdefault(posixpath.dirname(path), []).append((path, size, v))
     for d, members in dicom_dirs.items():
         members.sort()
-        units.append({"uri": scheme + d, "kind": "dicom", "size": int(sum(s for _, s in members)),
-                      "files": [scheme + p for p, _ in members]})
+        version = hashlib.sha256("|".join(f"{p}:{v}" for p, _, v in members).encode()).hexdigest()[:16]
+        units.append({"uri": scheme + d, "kind": "dicom", "size": int(sum(s for _, s, _ in members)),
+                      "files": [scheme + p for p, _, _ in members], "version": version})
     return sorted(units, key=lambda u: u["uri"])
 
 
-def _list_local(pattern: str) -> list[tuple[str, int]]:
+def _stat(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_size, st.st_mtime_ns
+
+
+def _list_local(pattern: str) -> list[tuple[str, int, int]]:
     paths = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
     if not paths or not any(os.path.exists(p) for p in paths):
         raise FileNotFoundError(f"input {pattern!r} matches no file or folder")
@@ -76,14 +87,25 @@ def _list_local(pattern: str) -> list[tuple[str, int]]:
         if os.path.isdir(p):
             for root, dirs, names in os.walk(p):
                 dirs.sort()
-                out += [(os.path.join(root, n), os.path.getsize(os.path.join(root, n))) for n in sorted(names)
-                        if os.path.isfile(os.path.join(root, n))]
+                out += [_stat(os.path.join(root, n)) for n in sorted(names) if os.path.isfile(os.path.join(root, n))]
         elif os.path.isfile(p):
-            out.append((p, os.path.getsize(p)))
+            out.append(_stat(p))
     return out
 
 
-def _list_s3(uri: str, endpoint: str) -> list[tuple[str, int]]:
+def _etags(bucket_prefix: str, endpoint: str) -> dict[str, str]:
+    """{"bucket/key": ETag} under a prefix (pyarrow's listing has no ETags; boto3's has)."""
+    import boto3
+
+    bucket, _, prefix = bucket_prefix.partition("/")
+    client = boto3.client("s3", endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL") or None)
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({f"{bucket}/{o['Key']}": o["ETag"].strip('"') for o in page.get("Contents", [])})
+    return out
+
+
+def _list_s3(uri: str, endpoint: str) -> list[tuple[str, int, str]]:
     fs, path = filesystem(uri, endpoint)
     magic = glob.has_magic(path)
     base = path
@@ -101,7 +123,8 @@ def _list_s3(uri: str, endpoint: str) -> list[tuple[str, int]]:
         out = [(p, s) for p, s in out if fnmatch.fnmatch(p, path) or fnmatch.fnmatch(posixpath.dirname(p), path)]
     if not out:
         raise FileNotFoundError(f"input {uri!r} matches no object")
-    return out
+    etags = _etags(base, endpoint)
+    return [(p, s, etags.get(p, "")) for p, s in out]
 
 
 def discover(inputs: list[str], endpoint: str = "") -> list[dict]:
@@ -118,8 +141,8 @@ def discover(inputs: list[str], endpoint: str = "") -> list[dict]:
 
 
 def unit_key(unit: dict, config_hash: str) -> str:
-    """Identifies a finished unit: same input (URI, size, file list) and same config → same key."""
-    blob = "|".join([unit["uri"], str(unit["size"]), str(len(unit["files"])), config_hash])
+    """Identifies a finished unit: same input (URI, size, file list, version: mtime or ETag) and config → same key."""
+    blob = "|".join([unit["uri"], str(unit["size"]), str(len(unit["files"])), unit.get("version", ""), config_hash])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -134,6 +157,25 @@ def stage(uri: str, dest_dir: str, endpoint: str = "") -> str:
     with fs.open_input_stream(path, compression=None, buffer_size=8 * 2**20) as src, open(local, "wb") as dst:
         shutil.copyfileobj(src, dst, length=8 * 2**20)
     return local
+
+
+HEADER_BYTES = 64 * 2**10  # a NIfTI header is 348 or 540 bytes; a gzip stream reaches it well within 64 KiB
+
+
+def read_scan_bytes(uri: str, endpoint: str = "", max_voxels: int = 1_000_000_000, fs=None) -> bytes:
+    """The bytes of one NIfTI/ITK object; a NIfTI header is read first (one ranged read) and checked, so a header
+    claiming more than ``max_voxels`` is refused before the rest of the object is downloaded."""
+    from crfgan.io import ITK_SUFFIXES, check_header_bytes
+
+    if fs is None:
+        fs, path = filesystem(uri, endpoint)
+    else:
+        path = uri[len("s3://"):] if uri.startswith("s3://") else uri
+    with fs.open_input_file(path) as f:
+        head = f.read(HEADER_BYTES)
+        if not uri.lower().endswith(ITK_SUFFIXES) and len(head) == HEADER_BYTES:
+            check_header_bytes(head, uri, max_voxels)
+        return head + f.read()
 
 
 def read_bytes(uri: str, endpoint: str = "") -> bytes:

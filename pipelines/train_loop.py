@@ -34,6 +34,7 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 from crfgan.memory import pin_mmap_threshold
+from crfgan.storage import write_text_atomic
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
 from crfgan.models import apply_execution_options, build_networks, build_optimizers
@@ -133,10 +134,7 @@ def _write_status(status_dir: str | None, rank: int, start_it: int) -> None:
 
     os.makedirs(status_dir, exist_ok=True)
     path = os.path.join(status_dir, f"rank{rank}-pid{os.getpid()}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"rank": rank, "pid": os.getpid(), "start_iteration": start_it, "time": time.time()}, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"rank": rank, "pid": os.getpid(), "start_iteration": start_it, "time": time.time()}))
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from pathlib import Path
+
+from crfgan.storage import write_text_atomic
 
 
 def machine() -> dict:
@@ -37,9 +38,5 @@ def emit(title: str, rows: list[dict], json_path: str | None = None, extra: dict
     """Print the table; with ``json_path`` also write ``{"title", "machine", "rows", ...}``."""
     print(format_table(title, rows), flush=True)
     if json_path:
-        p = Path(json_path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         doc = {"title": title, "machine": machine(), "rows": rows, **(extra or {})}
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(p)
+        write_text_atomic(json_path, json.dumps(doc, indent=2))

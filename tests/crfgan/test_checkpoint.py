@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -57,22 +58,41 @@ def test_generator_export_renders_the_same(tmp_path, trained):
     assert torch.equal(load_generator(tmp_path / "ck").render(z), nets.g.render(z))
 
 
-def test_checkpoint_files_are_not_pickles(tmp_path, trained):
+def test_checkpoint_files_are_safetensors_and_json(tmp_path, trained):
     cfg, nets, opts = trained
     save_checkpoint(tmp_path / "ck", cfg, nets, opts, 2)
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["config.json", "optimizers.json", "optimizers.safetensors", "state.json", "weights.safetensors"]
-    head = (tmp_path / "ck" / "weights.safetensors").read_bytes()[:2]
-    assert head != b"\x80\x04" and head[:1] != b"PK"  # neither a pickle nor a torch.save zip
 
 
-def test_a_pickle_in_place_of_weights_is_refused(tmp_path, trained):
-    cfg, nets, _ = trained
+class Payload:
+    """Unpickling this creates ``marker``: a visible side effect, as a hostile pickle's code would have."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("target", ["gen/generator.safetensors", "ck/weights.safetensors", "ck/optimizers.safetensors"])
+def test_a_pickle_in_place_of_weights_never_runs(tmp_path, trained, target):
+    cfg, nets, opts = trained
     save_generator(tmp_path / "gen", cfg, nets.g)
-    torch.save(nets.g.state_dict(), tmp_path / "gen" / "generator.safetensors")  # a pickle posing as weights
-    with pytest.raises(Exception) as info:
-        load_generator(tmp_path / "gen")
-    assert "pickle" not in type(info.value).__name__.lower()
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts, 2)
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"weight": Payload(marker)}, buf)
+    (tmp_path / target).write_bytes(buf.getvalue())  # a torch.save pickle posing as weights
+    torch.load(io.BytesIO(buf.getvalue()), weights_only=False)  # the payload is live: unpickling it runs open()
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(Exception):  # noqa: B017 — any refusal will do; what matters is that nothing ran
+        if target.startswith("gen"):
+            load_generator(tmp_path / "gen")
+        else:
+            load_checkpoint(tmp_path / "ck", nets=build_networks(cfg), opts=build_optimizers(cfg, build_networks(cfg)))
+    assert not marker.exists()
 
 
 def test_missing_weights_name_the_folder(tmp_path):

@@ -63,7 +63,8 @@ def make_bad_inputs(d: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     out = {"zero": d / "zero.nii.gz", "truncated": d / "truncated.nii.gz", "random": d / "random.nii.gz",
            "flat2d": d / "flat2d.nii.gz", "series4d": d / "series4d.nii.gz", "huge": d / "huge.nii",
-           "nan": d / "mostly_nan.nii.gz"}
+           "nan": d / "mostly_nan.nii.gz", "thin": d / "thin.nii.gz", "pixdim0": d / "pixdim0.nii.gz",
+           "spacing80": d / "spacing80.nii.gz"}
     out["zero"].write_bytes(b"")
     raw = CT.read_bytes()
     out["truncated"].write_bytes(raw[: len(raw) // 2])
@@ -76,9 +77,16 @@ def make_bad_inputs(d: Path) -> dict[str, Path]:
     with open(out["huge"], "wb") as f:
         hdr.write_to(f)
         f.write(b"\0" * 1024)
-    v = rng.normal(size=(16, 16, 16)).astype(np.float32)
-    v[:8] = np.nan  # half the voxels
+    v = rng.normal(size=(32, 32, 32)).astype(np.float32)
+    v[:16] = np.nan  # half the voxels
     nib.save(nib.Nifti1Image(v, np.eye(4)), out["nan"])
+    body = np.full((64, 64, 64), -1000, np.int16)
+    body[16:48, 16:48, 16:48] = 40
+    nib.save(nib.Nifti1Image(body[:, :, :3], np.eye(4)), out["thin"])  # a 3-slice volume
+    nib.save(nib.Nifti1Image(body, np.diag([80.0, 80.0, 80.0, 1.0])), out["spacing80"])  # 80 mm voxels
+    raw = bytearray(nib.Nifti1Image(body, np.eye(4)).to_bytes())
+    raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1] = 0 in the file itself: nibabel would read it as 1 mm
+    out["pixdim0"].write_bytes(gzip.compress(bytes(raw)))
     if RGB.exists():
         shutil.copy(RGB, d / RGB.name)
         out["rgb"] = d / RGB.name
@@ -123,6 +131,7 @@ def test_itk_mha_matches_nifti_geometry(tmp_path):
     ("series4d", "4D inputs are refused"),
     ("huge", "header claims 1,073,741,824 voxels"),
     ("rgb", "is not a scalar intensity"),
+    ("pixdim0", "header voxel spacing (pixdim) [0.0, 1.0, 1.0] is zero"),
 ])
 def test_bad_inputs_name_file_and_problem(tmp_path, key, message):
     path = make_bad_inputs(tmp_path)[key]

@@ -78,9 +78,9 @@ def test_trim_empty_slices_and_spacing():
 
 def test_constant_and_empty_volumes_refused():
     with pytest.raises(ScanError, match="no foreground"):
-        prepare_volume(scan(np.full((8, 8, 8), -1024.0)), cfg())
+        prepare_volume(scan(np.full((32, 32, 32), -1024.0)), cfg())
     with pytest.raises(ScanError, match="constant volume"):
-        prepare_volume(scan(np.full((8, 8, 8), 7.0), modality="mri"), cfg())
+        prepare_volume(scan(np.full((32, 32, 32), 7.0), modality="mri"), cfg())
 
 
 def test_resample_to_spacing():
@@ -95,3 +95,38 @@ def test_crop_pad(shape):
     out = crop_pad(v, 32, fill=0.0)
     assert out.shape == (32, 32, 32)
     assert out.sum() == np.prod([min(n, 32) for n in shape])
+
+
+def _body(shape):
+    a = np.full(shape, -1024.0, np.float32)
+    a[tuple(slice(n // 4, n - n // 4) for n in shape)] = 40.0
+    return a
+
+
+@pytest.mark.parametrize("shape, spacing, message", [
+    ((64, 64, 3), (1.0, 1.0, 1.0), r"\[64, 64, 3\] voxels, fewer than data.min_slices=16"),  # a 3-slice series
+    ((64, 64, 12), (1.0, 1.0, 5.0), r"fewer than data.min_slices=16"),  # 12 thick slices
+    ((64, 64, 20), (1.0, 1.0, 1.0), r"covers \[64.0, 64.0, 20.0\] mm, less than data.min_extent_mm=30"),
+])
+def test_volumes_too_thin_for_3d_are_refused_not_stretched(shape, spacing, message):
+    with pytest.raises(ScanError, match=message):
+        prepare(scan(_body(shape), spacing), cfg("data.fit=resize"))
+
+
+def test_minimum_extent_is_configurable():
+    v, _ = prepare(scan(_body((64, 64, 12)), (1.0, 1.0, 5.0)), cfg("data.min_slices=8"))
+    assert v.shape == (32, 32, 32)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (-1.0, 1.0, 1.0), (float("nan"), 1.0, 1.0),
+                                     (float("inf"), 1.0, 1.0), (1.0, 1.0, 0.01), (1.0, 1.0, 80.0)])
+def test_implausible_spacing_is_refused(spacing):
+    with pytest.raises(ScanError, match=r"voxel spacing .* is implausible \(outside data.spacing_range_mm=\[0.05, 50\]\)"):
+        prepare(scan(_body((32, 32, 32)), spacing), cfg())
+
+
+def test_degenerate_orientation_is_refused():
+    s = scan(_body((32, 32, 32)))
+    s.affine = np.array([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])  # x and y axes coincide
+    with pytest.raises(ScanError, match="degenerate orientation"):
+        prepare(s, cfg())

@@ -59,6 +59,9 @@ EXPECTED_ERRORS = {  # file name → (stage, part of the reason)
     "series4d.nii.gz": ("read", "4D inputs are refused"),
     "huge.nii": ("read", "header claims 1,073,741,824 voxels"),
     "mostly_nan.nii.gz": ("prepare", "are NaN/Inf"),
+    "thin.nii.gz": ("prepare", "is too thin for a 3D scan: [64, 64, 3] voxels"),
+    "spacing80.nii.gz": ("prepare", "voxel spacing [80.0, 80.0, 80.0] mm is implausible"),
+    "pixdim0.nii.gz": ("read", "header voxel spacing (pixdim) [0.0, 1.0, 1.0]"),
     "ct_perfusion_rgb.nii.gz": ("read", "is not a scalar intensity"),
     "gap": ("read", "missing 1 slice(s)"),
     "evil.zip": ("extract", "points outside the extraction folder"),
@@ -70,7 +73,7 @@ EXPECTED_ERRORS = {  # file name → (stage, part of the reason)
 def first_run(collection, tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("shards")
     rc = cli("--input", str(collection), "--output", str(out), "--config", "tiny", "data.max_error_fraction=0.9",
-             "data.val_fraction=0.3")
+             "data.val_fraction=0.3", "data.keep_staging=true")
     return rc, out, md5s(out)
 
 
@@ -114,9 +117,10 @@ def test_manifest_and_shard_contents(first_run):
 def test_rerun_skips_finished_and_keeps_shards(first_run, collection):
     rc, out, before = first_run
     rc2 = cli("--input", str(collection), "--output", str(out), "--config", "tiny", "data.max_error_fraction=0.9",
-              "data.val_fraction=0.3")
+              "data.val_fraction=0.3", "data.keep_staging=true")
     m = read_manifest(str(out))
-    assert rc2 == rc == 0 and m["units_skipped"] == m["inputs"] == 15  # every unit was finished
+    assert rc2 == rc == 0 and m["units_skipped"] == m["inputs"] == 18  # every unit was finished
+    assert m["staging_kept"] and m["staging_bytes"] > 0
     assert md5s(out) == before
 
 
@@ -125,7 +129,7 @@ def test_error_fraction_exits_non_zero(collection, tmp_path, ray_local, capsys):
              "--output", str(tmp_path / "o"), "--config", "tiny")
     err = capsys.readouterr().err
     assert rc == 1
-    assert "8 of 9 inputs failed (89% > data.max_error_fraction=50%)" in err
+    assert "11 of 12 inputs failed (92% > data.max_error_fraction=50%)" in err
     assert f"{tmp_path / 'o'}/errors.parquet" in err
 
 
