@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfgan.io import DEFAULT_MAX_VOXELS, Scan, ScanError, scan_from_sitk
+from crfgan.scan import DEFAULT_MAX_VOXELS, Scan, ScanError, scan_from_sitk
 
 GAP_TOLERANCE = 1.5  # a step wider than this × the median step means at least one slice is missing
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .layers import group_norm, log2_int, up2
+from .layers import apply_group_norm, group_norm, log2_int, up2
+from .render import render_one_pass, render_tiled
 
 
 class EmbeddingGenerator(nn.Module):
@@ -93,20 +94,6 @@ class SlabRenderer(nn.Module):
         return torch.tanh(h)
 
 
-def apply_group_norm(gn: nn.GroupNorm, h: torch.Tensor, stats=None) -> torch.Tensor:
-    """GroupNorm with its own statistics, or with given ``(mean, var)`` per (batch, group)."""
-    if stats is None:
-        return gn(h)
-    mean, var = stats  # (B, G)
-    b, c = h.shape[:2]
-    g = gn.num_groups
-    hg = h.reshape(b, g, -1)
-    hg = (hg - mean[:, :, None].to(h.dtype)) * torch.rsqrt(var[:, :, None].to(h.dtype) + gn.eps)
-    h = hg.reshape(h.shape)
-    shape = (1, c) + (1,) * (h.dim() - 2)
-    return h * gn.weight.view(shape) + gn.bias.view(shape)
-
-
 class Generator(nn.Module):
     """G = (G^A, G^H). ``forward(z, slab_index)`` renders one sub-volume during training."""
 
@@ -134,7 +121,5 @@ class Generator(nn.Module):
     @torch.no_grad()
     def render(self, z: torch.Tensor, tiled: bool = True, **tile_kwargs) -> torch.Tensor:
         """z (B, L) → whole volume (B, 1, S, S, S) in [-1, 1]; see ``crfgan.render``."""
-        from .render import render_one_pass, render_tiled
-
         a = self.embedding(z)
         return render_tiled(self.renderer, a, **tile_kwargs) if tiled else render_one_pass(self.renderer, a)

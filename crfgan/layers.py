@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
@@ -39,3 +40,17 @@ def up2(x):
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def apply_group_norm(gn: nn.GroupNorm, h: torch.Tensor, stats=None) -> torch.Tensor:
+    """GroupNorm with its own statistics, or with given ``(mean, var)`` per (batch, group)."""
+    if stats is None:
+        return gn(h)
+    mean, var = stats  # (B, G)
+    b, c = h.shape[:2]
+    g = gn.num_groups
+    hg = h.reshape(b, g, -1)
+    hg = (hg - mean[:, :, None].to(h.dtype)) * torch.rsqrt(var[:, :, None].to(h.dtype) + gn.eps)
+    h = hg.reshape(h.shape)
+    shape = (1, c) + (1,) * (h.dim() - 2)
+    return h * gn.weight.view(shape) + gn.bias.view(shape)

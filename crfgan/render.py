@@ -14,11 +14,15 @@ The catch is G^H's GroupNorm, whose statistics span its whole input:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from .generator import SlabRenderer, apply_group_norm
-from .layers import up2
+from .layers import apply_group_norm, up2
+
+if TYPE_CHECKING:  # annotations only: render.py never imports generator.py at run time (generator imports us)
+    from .generator import SlabRenderer
 
 
 def default_slab(depth: int) -> int:
