@@ -14,8 +14,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:  # pyarrow is imported when a filesystem is needed: local writes and --help do without it
+    import pyarrow.fs as pafs
 
 
 def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
@@ -24,6 +26,8 @@ def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
     pyarrow ignores ``AWS_ENDPOINT_URL``; the endpoint comes from ``endpoint`` (``data.s3_endpoint``) or that variable
     and is passed as ``endpoint_override``. Credentials come from the standard AWS chain (never logged here).
     """
+    import pyarrow.fs as pafs
+
     uri = str(uri)
     if uri.startswith("s3://"):
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -40,6 +44,8 @@ def join(root: str, *parts: str) -> str:
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
+    import pyarrow.fs as pafs
+
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
@@ -111,6 +117,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Local: temporary file in the same folder + ``os.replace``. S3: one PUT, which is atomic per object."""
+    import pyarrow.fs as pafs
+
     if isinstance(fs, pafs.LocalFileSystem):
         with atomic_local_path(path) as tmp, open(tmp, "wb") as f:
             f.write(data)

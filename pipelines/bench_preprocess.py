@@ -33,7 +33,6 @@ import numpy as np
 from crfgan.bench.table import emit
 from crfgan.config import load_config
 from crfgan.io import load_scan
-from crfgan.shards import filesystem, plan_shards, write_shard
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCANS = ["ct/example_ct.nii.gz", "mri/FLAIR.nii.gz", "mri/MNI152_2009_template.nii.gz"]
@@ -121,6 +120,7 @@ class PeakMemory:
 
 def run_loop(inputs: list[str], out: str, cfg) -> int:
     """The same per-input work and shard packing as the pipeline, in one process, one input after another."""
+    from crfgan.shards import filesystem, plan_shards, write_shard
     from pipelines import preprocess, sources
 
     metas = []

@@ -27,28 +27,49 @@ BENCHES = {
 }
 
 
+EPILOG = """examples:
+  crfgan demo
+  crfgan preprocess --input crfgan/data --output outputs/shards
+  crfgan train --local --data outputs/shards --config tiny train.iterations=50
+  crfgan config --config ct128 model.crf.iterations=5
+  crfgan bench train-step --size 32 --batch 2 --iters 1
+"""
+
+
 def _available(table: dict) -> dict:
     """Stages whose module is installed (each lands with its issue)."""
     return {k: v for k, v in table.items() if importlib.util.find_spec(v[0]) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: list[str] | None) -> tuple[str | None, str | None]:
+    """The stage (and bench) named on the command line, found without parsing options."""
+    words = [a for a in (argv or []) if not a.startswith("-")]
+    return (words[0] if words else None), (words[1] if len(words) > 1 else None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given ``argv``, only the stage it names is imported (``crfgan --help`` imports none), so
+    help and argument errors come back without loading torch, Ray, pyarrow or MLflow."""
     p = argparse.ArgumentParser(
         prog="crfgan",
         description="Memory-efficient 3D medical image synthesis with CRF-guided GANs, as a pipeline on Ray.",
-        epilog="Examples: crfgan demo | crfgan train --local --data crfgan/data --config tiny train.iterations=50 | "
-        "crfgan bench train-step --size 64 --batch 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
+    stage, bench_name = _command(argv) if argv is not None else (None, None)
+    everything = argv is None
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in _available(STAGES).items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        importlib.import_module(module).add_arguments(sp)
+        if everything or name == stage:
+            importlib.import_module(module).add_arguments(sp)
         sp.set_defaults(_run=lambda args, m=module: importlib.import_module(m).main(args))
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json PATH writes the figures)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name, (module, help_) in _available(BENCHES).items():
         bp = bsub.add_parser(name, help=help_, description=help_)
-        importlib.import_module(module).add_arguments(bp)
+        if everything or (stage == "bench" and name == bench_name):
+            importlib.import_module(module).add_arguments(bp)
         if not any("--json" in a.option_strings for a in bp._actions):
             bp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
         bp.set_defaults(_run=lambda args, m=module: importlib.import_module(m).run(args) or 0)
@@ -58,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from crfgan.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:

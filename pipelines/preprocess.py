@@ -30,39 +30,17 @@ import time
 import traceback
 import warnings
 
-import pyarrow.parquet as pq
-
-import crfgan
-from crfgan.config import ConfigError, config_from_dict, load_config
-from crfgan.dicom import list_series, load_dicom_series
-from crfgan.io import ScanError, load_scan
-from crfgan.shards import (
-    ERRORS,
-    SHARD_DIR,
-    STAGING_DIR,
-    ensure_val,
-    exists,
-    filesystem,
-    join,
-    plan_shards,
-    read_manifest,
-    rows_to_table,
-    split_for,
-    volume_id,
-    write_errors,
-    write_manifest,
-    write_shard,
-    write_table_atomic,
-)
-from crfgan.storage import current_umask
-from crfgan.volume import prepare
-from pipelines import sources
 from pipelines.args import add_config_arguments
-from pipelines.runtime import ensure_ray
+
+# pyarrow, torch (through crfgan.volume) and Ray are imported inside the functions that use them, so that
+# ``crfgan preprocess --help`` starts without them.
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
 def _dicom_volumes(folder: str, name: str, max_voxels: int):
+    from crfgan.dicom import list_series, load_dicom_series
+    from crfgan.io import ScanError
+
     series = list_series(folder)
     if not series:
         yield name, lambda: (_ for _ in ()).throw(ScanError(name, "contains no readable DICOM series"))
@@ -77,6 +55,9 @@ def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int, origin: di
     ``origin`` is filled with {local staged or extracted path: the URI it came from}, so an error about one file
     names that file as the user knows it.
     """
+    from crfgan.io import ScanError, load_scan
+    from pipelines import sources
+
     origin = {} if origin is None else origin
     uri, kind = unit["uri"], unit["kind"]
     if kind == "file":
@@ -109,13 +90,22 @@ def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int, origin: di
 
 
 def _reason(e: BaseException) -> str:
+    from crfgan.io import ScanError
+
     if isinstance(e, ScanError):
         return e.reason
     return f"{type(e).__name__}: {e}"
 
 
 def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
-    """Prepare every volume of one unit into ``_staging/<key>.parquet``; returns small JSON-able metadata."""
+    """Prepare every volume of one unit into ``_staging/<data hash>/<key>.parquet``; returns small JSON-able metadata."""
+    import pyarrow.parquet as pq
+
+    from crfgan.shards import STAGING_DIR, exists, filesystem, join, rows_to_table, split_for, volume_id, \
+        write_table_atomic
+    from crfgan.volume import prepare
+    from pipelines import sources
+
     fs, root = filesystem(out_uri, endpoint)
     key = sources.unit_key(unit, cfg.data_hash())
     staging = join(root, STAGING_DIR, cfg.data_hash(), f"{key}.parquet")
@@ -164,6 +154,8 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _config(cfg_json: str):
+    from crfgan.config import config_from_dict
+
     return config_from_dict(json.loads(cfg_json))  # 12 ms to validate a tree: once per worker, not once per unit
 
 
@@ -181,6 +173,8 @@ def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str, umask: int 
 
 
 def _write_shard(plan: dict, out_uri: str, endpoint: str, umask: int | None = None) -> dict:
+    from crfgan.shards import filesystem, write_shard
+
     if umask is not None:
         os.umask(umask)
     fs, root = filesystem(out_uri, endpoint)
@@ -206,6 +200,8 @@ def data_context(**settings):
 
 def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
+    from pipelines.runtime import ensure_ray
+
     ray = ensure_ray()
     with data_context(
         # Ray Data reserves half of the CPUs per operator by default: on 2 CPUs a single map ran 1 task at a time
@@ -216,6 +212,12 @@ def run(inputs: list[str], output: str, cfg) -> dict:
 
 
 def _run(ray, inputs: list[str], output: str, cfg) -> dict:
+    import crfgan
+    from crfgan.shards import ERRORS, STAGING_DIR, ensure_val, exists, filesystem, join, plan_shards, read_manifest, \
+        write_errors, write_manifest
+    from crfgan.storage import current_umask
+    from pipelines import sources
+
     t0 = time.time()
     endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     units = sources.discover(inputs, endpoint)
@@ -302,6 +304,8 @@ def _clean_staging(fs, root: str, keep_hash: str | None) -> None:
     """Delete ``_staging/`` after a successful run, or, when it is kept, the folders of other data hashes."""
     from pyarrow.fs import FileSelector, FileType
 
+    from crfgan.shards import STAGING_DIR, join
+
     base = join(root, STAGING_DIR)
     if keep_hash is None:
         if fs.get_file_info(base).type == FileType.Directory:
@@ -320,6 +324,8 @@ def _drop_stale_shards(fs, root: str, keep: set[str]) -> None:
     """Delete shards of older plans under this output (local or S3) that the new manifest no longer lists."""
     from pyarrow.fs import FileSelector, FileType
 
+    from crfgan.shards import SHARD_DIR, join
+
     for info in fs.get_file_info(FileSelector(join(root, SHARD_DIR), allow_not_found=True)):
         if info.type == FileType.File and info.base_name.endswith(".parquet") \
                 and f"{SHARD_DIR}/{info.base_name}" not in keep:
@@ -334,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from crfgan.config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -114,8 +114,8 @@ def test_a_dicom_error_row_names_the_failing_file(tmp_path, monkeypatch):
     def fails(folder_, uid, label, max_voxels):
         raise ScanError(label, "DICOM file IM0007 lacks ImagePositionPatient (0020,0032)", file=str(bad))
 
-    monkeypatch.setattr(preprocess, "list_series", lambda f: {"1.2.3": [str(bad)]})
-    monkeypatch.setattr(preprocess, "load_dicom_series", fails)
+    monkeypatch.setattr("crfgan.dicom.list_series", lambda f: {"1.2.3": [str(bad)]})
+    monkeypatch.setattr("crfgan.dicom.load_dicom_series", fails)
     unit = {"uri": str(folder), "kind": "dicom", "size": 1, "files": [str(bad)], "version": "1"}
     res = preprocess.process_unit(unit, load_config("tiny"), str(tmp_path / "out"), "")
     assert [e["source_uri"] for e in res["errors"]] == [str(bad)]
