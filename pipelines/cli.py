@@ -20,10 +20,10 @@ STAGES = {
 
 # name → (module, help). Each module has add_arguments(parser) and run(args).
 BENCHES = {
-    "train-step": ("crfgan.bench.train_step", "peak memory and s/iteration, CRF-GAN vs HA-GAN"),
-    "render": ("crfgan.bench.render", "halo-tiled vs one-pass full-volume render: error, memory, time"),
-    "preprocess": ("pipelines.bench_preprocess", "Ray Data preprocessing vs a single-process loop"),
-    "train": ("pipelines.bench_train", "Ray Train scaling and overhead vs the single-process trainer"),
+    "train-step": ("pipelines.bench.train_step", "peak memory and s/iteration, CRF-GAN vs HA-GAN"),
+    "render": ("pipelines.bench.render", "halo-tiled vs one-pass full-volume render: error, memory, time"),
+    "preprocess": ("pipelines.bench.preprocess", "Ray Data preprocessing vs a single-process loop"),
+    "train": ("pipelines.bench.train", "Ray Train scaling and overhead vs the single-process trainer"),
 }
 
 

@@ -34,7 +34,7 @@ def test_every_local_output_gets_the_umask_permissions(tmp_path):
     """Checkpoint folders and their files, generator exports, NIfTI volumes and benchmark JSON: 0o666/0o777 & ~umask."""
     import numpy as np
 
-    from crfgan.bench.table import emit
+    from pipelines.bench.table import emit
     from crfgan.checkpoint import save_checkpoint, save_generator
     from crfgan.config import load_config
     from crfgan.io import write_nifti

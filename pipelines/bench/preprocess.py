@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from crfgan.bench.table import emit
+from pipelines.bench.table import emit
 from crfgan.config import load_config
 from crfgan.io import load_scan
 
@@ -138,7 +138,7 @@ def _loop_in_child(inputs: str, out: str, config: str, warm: str) -> dict:
     the loop's heap never inflates the driver's memory figures of the Ray runs interleaved with it; the child reports
     its own wall time, CPU seconds and peak RSS."""
     code = ("import json, resource, sys, time; from crfgan.config import load_config; "
-            "from pipelines import bench_preprocess as b; "
+            "from pipelines.bench import preprocess as b; "
             "cfg = load_config(sys.argv[3]); b.run_loop([sys.argv[4]], sys.argv[2] + '-warm', cfg); "
             "t0 = time.perf_counter(); c0 = time.process_time(); "
             "n = b.run_loop([sys.argv[1]], sys.argv[2], cfg); "

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from crfgan.bench import render, train_step
+from pipelines.bench import render, train_step
 
 
 def test_train_step_bench_reports_every_arch_and_the_ratios(tmp_path, capsys):

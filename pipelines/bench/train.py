@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace) -> dict:
     import ray
 
-    from crfgan.bench.table import emit
+    from pipelines.bench.table import emit
     from crfgan.config import load_config
     from pipelines.runtime import ensure_ray
 

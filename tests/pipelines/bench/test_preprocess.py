@@ -3,7 +3,7 @@
 import json
 from types import SimpleNamespace
 
-from pipelines import bench_preprocess
+from pipelines.bench import preprocess as bench_preprocess
 
 
 def test_bench_reports_ray_and_loop_rows_over_the_same_volumes(ray_local, tmp_path, capsys):
