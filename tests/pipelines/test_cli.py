@@ -13,15 +13,15 @@ from pipelines.cli import BENCHES, STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "ray", "pyarrow", "mlflow")
-PROBE = """
+PROBE = f"""
 import json, sys
 from pipelines import cli
 try:
     rc = cli.main(sys.argv[1:])
 except SystemExit as e:
     rc = e.code
-print(json.dumps({"rc": rc, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"rc": rc, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def probe(*argv: str) -> dict:
