@@ -34,19 +34,19 @@ from pipelines.bench.table import emit
 from crfgan.config import load_config
 from crfgan.io import load_scan
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SCANS = ["ct/example_ct.nii.gz", "mri/FLAIR.nii.gz", "mri/MNI152_2009_template.nii.gz"]
 
 
-def generate(folder: Path, n: int, sizes=(128, 256), seed: int = 0) -> list[Path]:
-    """``n`` NIfTI volumes: distinct augmentations per (scan, size), then copies under new names."""
+def generate(folder: Path, n: int, sizes=(128, 256), seed: int = 0, scans: list[str] | None = None) -> list[Path]:
+    """``n`` NIfTI volumes from ``scans`` (default: the scans shipped in the package): distinct augmentations per
+    (scan, size), then copies under new names."""
+    from pipelines.demo import shipped_scans
+
     import torch
     import torch.nn.functional as F
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    base = [p for p in (DATA / s for s in SCANS) if p.exists()] or \
-        [Path(__file__).resolve().parents[1] / "crfgan" / "data" / n for n in ("example_ct.nii.gz", "FLAIR.nii.gz")]
+    base = [Path(p) for p in (scans or shipped_scans())]
     distinct: dict[tuple, Path] = {}
     out = []
     for i in range(n):
@@ -192,6 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per run; the fastest is reported")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--workdir", default=None, help="where to generate (default: a temp folder, removed after)")
+    parser.add_argument("--scans", default=None, metavar="PATHS",
+                        help="comma-separated NIfTI scans the collection is made from (default: the shipped scans)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crfgan-bench-pre-"))
     try:
         t0 = time.perf_counter()
-        files = generate(work / "in_big", n_big, sizes)
+        files = generate(work / "in_big", n_big, sizes, scans=args.scans.split(",") if args.scans else None)
         small = work / "in_small"
         small.mkdir()
         for f in files[:n_small]:

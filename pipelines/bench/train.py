@@ -22,8 +22,9 @@ SCANS = ["ct/example_ct.nii.gz", "mri/FLAIR.nii.gz", "mri/MNI152_2009_template.n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
-                   help="folder with the shipped real scans (default: ../shared/data)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="a folder with ct/example_ct.nii.gz, mri/FLAIR.nii.gz and mri/MNI152_2009_template.nii.gz "
+                        "(default: the two scans shipped in the package)")
     p.add_argument("--copies", type=int, default=12, help="scan copies to preprocess (default 12)")
     p.add_argument("--scaling-iters", type=int, default=60, help="tiny iterations per scaling run (default 60)")
     p.add_argument("--overhead-iters", type=int, default=8, help="64³ iterations per overhead run (default 8)")
@@ -87,7 +88,9 @@ def measure(args: argparse.Namespace) -> dict:
     from pipelines.runtime import ensure_ray
 
     ensure_ray()
-    scans = [Path(args.data_root) / s for s in SCANS]
+    from pipelines.demo import shipped_scans
+
+    scans = [Path(args.data_root) / s for s in SCANS] if args.data_root else [Path(p) for p in shipped_scans()]
     missing = [str(s) for s in scans if not s.exists()]
     if missing:
         raise FileNotFoundError(f"real scans missing: {missing}; pass --data-root")
