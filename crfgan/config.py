@@ -36,6 +36,7 @@ class DataConfig:
     fit: str = "crop_pad"  # crop_pad keeps the voxel size; resize squeezes the volume into the cube
     shard_target_mb: float = 64.0  # Parquet shards are cut by size, not by volume count
     val_fraction: float = 0.1  # split by a stable hash of the scan's content, never by patch
+    val_sources: str = ""  # glob on the source URI (e.g. "*heldout*"): matching volumes go to val whatever the hash
     max_error_fraction: float = 0.5  # preprocess exits non-zero above this fraction of failed inputs
     max_voxels: int = 1_000_000_000  # headers claiming more are refused before any allocation
     s3_endpoint: str = ""  # overrides AWS_ENDPOINT_URL for s3:// inputs and outputs

@@ -89,6 +89,17 @@ def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int, origin: di
                 yield name, lambda n=name: (_ for _ in ()).throw(ScanError(n, "nested archives are not unpacked"))
 
 
+def _split(vid: str, source_uri: str, data) -> str:
+    """``data.val_sources`` (a glob on the source URI) first, then the stable hash split."""
+    import fnmatch
+
+    from crfgan.shards import split_for
+
+    if data.val_sources and fnmatch.fnmatchcase(source_uri, data.val_sources):
+        return "val"
+    return split_for(vid, data.val_fraction)
+
+
 def _reason(e: BaseException) -> str:
     from crfgan.io import ScanError
 
@@ -101,8 +112,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
     """Prepare every volume of one unit into ``_staging/<data hash>/<key>.parquet``; returns small JSON-able metadata."""
     import pyarrow.parquet as pq
 
-    from crfgan.shards import STAGING_DIR, exists, filesystem, join, rows_to_table, split_for, volume_id, \
-        write_table_atomic
+    from crfgan.shards import STAGING_DIR, exists, filesystem, join, rows_to_table, volume_id, write_table_atomic
     from crfgan.volume import prepare
     from pipelines import sources
 
@@ -127,7 +137,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                     vol, spacing = prepare(scan, cfg)  # (S, S, S) z, y, x in [-1, 1]
                     modality = cfg.data.modality if cfg.data.modality != "auto" else scan.modality
                     row = {"volume_id": vid, "source_uri": name, "modality": modality,
-                           "split": split_for(vid, cfg.data.val_fraction), "volume": vol,
+                           "split": _split(vid, name, cfg.data), "volume": vol,
                            "spacing": list(spacing), "original_shape": [int(v) for v in scan.meta["original_shape"]],
                            "original_spacing": [float(v) for v in scan.meta["original_spacing"]], "image_size": s,
                            "slab_depth": cfg.model.slab_depth, "num_slabs": s // cfg.model.slab_depth,
@@ -202,6 +212,8 @@ def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
     from pipelines.runtime import ensure_ray
 
+    # a relative output means the caller's working directory, not that of a Ray worker
+    output = output if "://" in output else os.path.abspath(output)
     ray = ensure_ray()
     with data_context(
         # Ray Data reserves half of the CPUs per operator by default: on 2 CPUs a single map ran 1 task at a time

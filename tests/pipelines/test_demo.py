@@ -5,15 +5,23 @@ import json
 import nibabel as nib
 import numpy as np
 
+from crfgan.shards import read_volumes
 from pipelines.cli import main
 
 
-def test_demo_runs_end_to_end_on_the_shipped_scans(tmp_path, ray_local):
+def test_demo_runs_end_to_end_on_the_shipped_scans(tmp_path, ray_local, capsys):
     rc = main(["demo", "--out", str(tmp_path), "--volumes", "2", "--config", "tiny", "train.iterations=20",
                "train.log_every=10", "train.checkpoint_every=10"])
     assert rc == 0
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    assert manifest["volumes_ok"] == 2 and manifest["volumes_failed"] == 0
+    # every shipped scan trains; a held-back crop of each is the val split
+    assert manifest["volumes_ok"] == 4 and manifest["volumes_failed"] == 0
+    assert manifest["counts"]["split"] == {"train": 2, "val": 2}
+    rows = {s: sorted(r["source_uri"] for r in read_volumes(tmp_path / "shards", s)) for s in ("train", "val")}
+    assert [p.rsplit("/", 1)[-1] for p in rows["train"]] == ["FLAIR.nii.gz", "example_ct.nii.gz"]
+    assert all("/heldout/" in p for p in rows["val"])
+    printed = capsys.readouterr().out
+    assert "What these samples can and cannot show" in printed and "20\n    iterations on 2 volumes" in printed
     assert (tmp_path / "runs" / "mlflow.db").is_file()  # embedded MLflow default: sqlite under the storage folder
     for i in range(2):
         img = nib.load(tmp_path / "synthetic" / f"synthetic_{i:03d}.nii.gz")
