@@ -201,7 +201,8 @@ def load_scan(path_or_bytes, name: str | None = None, max_voxels: int = DEFAULT_
 
 
 def affine_from_spacing(spacing_xyz) -> np.ndarray:
-    """RAS affine for a volume with the given voxel spacing, centred on the origin."""
+    """RAS affine for a volume with the given voxel spacing: axes along +x, +y, +z, the first voxel's centre at the
+    origin (zero translation)."""
     aff = np.diag([*map(float, spacing_xyz), 1.0])
     return aff
 

@@ -37,7 +37,7 @@ EPILOG = """examples:
 
 
 def _available(table: dict) -> dict:
-    """Stages whose module is installed (each lands with its issue)."""
+    """Entries whose module is present in this installation."""
     return {k: v for k, v in table.items() if importlib.util.find_spec(v[0]) is not None}
 
 

@@ -14,7 +14,8 @@ from .table import emit
 from .worker import peak_rss_bytes, rss_bytes, run_case, worker_main
 
 # One iteration of the published code (its train.py sequence, on CPU, batch 2) on a 2-core machine like ours:
-# (seconds per iteration, peak RSS in GB). Source: the foundation issue.
+# (seconds per iteration, peak RSS in GB). These are the figures the project was given for the published code
+# (github.com/mahshid1998/CRF-GAN); they are not re-measured by this benchmark.
 PUBLISHED = {("crfgan", 128): (7.8, 1.8), ("hagan", 128): (9.7, 2.2), ("crfgan", 256): (56.0, 4.2), ("hagan", 256): (66.0, 4.9)}
 
 VARIANTS = {

@@ -58,7 +58,7 @@ def _copy_series(sitk, src: Path, dst: Path, uid: str, skip) -> None:
 
 
 def make_bad_inputs(d: Path) -> dict[str, Path]:
-    """Every bad input of issue 3 that fits in a file, generated under ``d``; values are paths."""
+    """Every kind of bad input that fits in a file, generated under ``d``; values are paths."""
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     out = {"zero": d / "zero.nii.gz", "truncated": d / "truncated.nii.gz", "random": d / "random.nii.gz",

@@ -83,7 +83,7 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_shards(ray_local, tmp_path_factory):
-    """The three real scans preprocessed (tiny, 32³) by the issue-3 pipeline: 2 train volumes, 1 val."""
+    """The three real scans preprocessed (tiny, 32³) by the preprocess pipeline: 2 train volumes, 1 val."""
     from crfgan.config import load_config
     from pipelines.preprocess import run
 

@@ -1,4 +1,4 @@
-"""The Ray Data preprocess pipeline end to end: real scans + every bad input of issue 3, rerun, threshold, S3."""
+"""The Ray Data preprocess pipeline end to end: real scans + every kind of bad input, rerun, threshold, S3."""
 
 from __future__ import annotations
 
