@@ -119,6 +119,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from ray.train.torch import TorchTrainer
 
     t = cfg.train
+    data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
     storage = storage_uri(t.storage_path)
     manifest = read_manifest(data_uri, cfg.data.s3_endpoint)
     if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
