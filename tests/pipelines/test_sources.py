@@ -106,3 +106,29 @@ def test_discover_s3_prefix_and_glob(s3_server):
     assert [u["uri"] for u in only] == ["s3://scans-src/coll/ct/example_ct.nii.gz",
                                         "s3://scans-src/coll/mri/FLAIR.nii.gz"]
     assert sources.read_bytes(only[1]["uri"]) == FLAIR.read_bytes()
+
+
+def test_unit_key_changes_when_a_file_is_replaced_in_place_with_the_same_size(tmp_path, s3_server):
+    """Local: the mtime is in the key; S3: the ETag. Same path, same size, other bytes → another key."""
+    import boto3
+
+    f = tmp_path / "a.nii"
+    f.write_bytes(b"A" * 1000)
+    before = sources.unit_key(discover([str(f)])[0], "h")
+    f.write_bytes(b"B" * 1000)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a clock-independent newer mtime
+    assert sources.unit_key(discover([str(f)])[0], "h") != before
+    assert sources.unit_key(discover([str(f)])[0], "h") == sources.unit_key(discover([str(f)])[0], "h")
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="replaced")
+    s3.put_object(Bucket="replaced", Key="in/a.nii", Body=b"A" * 1000)
+    s3.put_object(Bucket="replaced", Key="in/dicom/IM1", Body=b"x" * 10)
+    u1 = {u["uri"]: u for u in discover(["s3://replaced/in"], endpoint=s3_server)}
+    s3.put_object(Bucket="replaced", Key="in/a.nii", Body=b"B" * 1000)
+    s3.put_object(Bucket="replaced", Key="in/dicom/IM1", Body=b"y" * 10)
+    u2 = {u["uri"]: u for u in discover(["s3://replaced/in"], endpoint=s3_server)}
+    for uri in ("s3://replaced/in/a.nii", "s3://replaced/in/dicom"):
+        assert u1[uri]["size"] == u2[uri]["size"] and u1[uri]["version"]
+        assert sources.unit_key(u1[uri], "h") != sources.unit_key(u2[uri], "h")
