@@ -37,7 +37,8 @@ EPOCH_MIN_ROWS = 256  # rows per Ray Data epoch of the train split (the item lis
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="URI", help="output of crfgan preprocess (folder or s3://bucket/prefix)")
-    p.add_argument("--local", action="store_true", help="train in this process (no Ray) with crfgan.trainer.train_local")
+    p.add_argument("--local", action="store_true", help="train in this process (no Ray) with crfgan.trainer.train_local, "
+                   "on the CPU unless train.use_gpu=true; it refuses a Ray Train run folder, and Ray refuses its")
     p.add_argument("--run-name", default=None, help="Ray Train run name (default: train.run_name); same name = resume")
     p.add_argument("--storage", default=None, metavar="PATH_OR_S3", help="checkpoint storage (default: train.storage_path)")
     p.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking and model registration")
