@@ -196,7 +196,8 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
             info = mlflow.pyfunc.log_model(
                 name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
                 code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
-                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch})
+                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
+                          "class_names": list(cfg.model.class_names)})
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     for k, v in tags.items():

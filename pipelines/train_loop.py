@@ -182,7 +182,10 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            _, _, state = load_checkpoint(d, device, nets, opts)
+            ck_cfg, _, state = load_checkpoint(d, device, nets, opts)
+        if ck_cfg.model.class_names != cfg.model.class_names:
+            raise ValueError(f"the checkpoint was trained with classes {ck_cfg.model.class_names}, this run has "
+                             f"{cfg.model.class_names}: resume with the same data and model.class_names")
         start_it, lineage = int(state["iteration"]), [list(s) for s in state.get("lineage", [])]
         ranks = state.get("ranks", [])
         if rank < len(ranks):  # same world size as before: continue this rank's random streams
