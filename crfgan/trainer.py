@@ -92,6 +92,14 @@ def refuse_foreign_run(out: Path) -> None:
                            "with `crfgan train` (without --local), or pick another --run-name or --storage")
 
 
+def to_device(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Host batch → ``device`` without stalling the host on a GPU: a copy from pageable memory waits for the stream's
+    queued kernels, so the batch is pinned first and copied asynchronously."""
+    if x is None or device.type != "cuda":
+        return None if x is None else x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
@@ -161,7 +169,7 @@ def train_local(
     t0 = time.perf_counter()
     for it in range(start_it, t.iterations):
         real, lab = next(data)
-        losses = train_step(nets, opts, real.to(dev, non_blocking=True), it, cfg, rng, amp, labels=lab)
+        losses = train_step(nets, opts, to_device(real, dev), it, cfg, rng, amp, labels=to_device(lab, dev))
         done = it + 1
         if done % t.log_every == 0 or done == t.iterations:
             row = {"iteration": done, **{k: float(v) for k, v in losses.items()}}

@@ -42,6 +42,7 @@ from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_r
 from crfgan.config import Config, config_from_dict
 from crfgan.models import apply_execution_options, build_networks, build_optimizers
 from crfgan.step import Amp, train_step
+from crfgan.trainer import to_device
 
 VAL_MAX_VOLUMES = 8  # validation streams at most this many val volumes (a cheap, fixed-cost metric)
 
@@ -222,7 +223,7 @@ def train_loop_per_worker(config: dict) -> None:
     for it in range(start_it, t.iterations):
         t_data = time.perf_counter()
         real, labels = next(data)
-        real = real.to(device, non_blocking=True)
+        real, labels = to_device(real, device), to_device(labels, device)  # pinned + async on a GPU
         data_s += time.perf_counter() - t_data
         losses = train_step(nets, opts, real, it, cfg, rng, amp, labels=labels, call=call)
         done = it + 1
