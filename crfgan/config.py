@@ -50,9 +50,10 @@ class DataConfig:
 
 @dataclass
 class CRFConfig:
-    nodes: str = "slabs"  # slabs: depth slabs of A (the paper's cross-slab consistency); channels: the reference code
-    num_nodes: int = 0  # 0: one node per rendered sub-volume (slabs) or the reference count S/4 (channels)
+    nodes: str = "channels"  # channels: channel groups of A, as the reference code; slabs: depth slabs of A (an option)
+    num_nodes: int = 0  # 0: the reference count S/4 (channels) or one node per rendered sub-volume (slabs)
     iterations: int = 10  # mean-field iterations T (reference: 10)
+    pairwise: str = "sum"  # sum: Σ_j over N nodes, as the reference (grows with N); mean: Σ_j / N (scale-free in N)
 
 
 @dataclass
@@ -67,6 +68,9 @@ class ModelConfig:
     d_low_channels: int = 256  # HA-GAN D^L width (reference: 256)
     sub_encoder_channels: int = 256  # HA-GAN sub-encoder E^G width (reference: 256)
     activation_checkpointing: bool = False  # recompute G^A blocks in backward: less memory, more compute
+    num_classes: int = 0  # 0: unconditional; K > 0: the reference's num_class mode (one-hot class joins z, D class head)
+    lambda_class: float = 0.1  # weight of the generator's class cross-entropy (reference --lambda-class 0.1)
+    class_names: list[str] = field(default_factory=list)  # index → name; the trainer fills it from train.class_column
     crf: CRFConfig = field(default_factory=CRFConfig)
 
     @property
@@ -100,7 +104,7 @@ class TrainConfig:
     beta2: float = 0.999
     crf_weight_start: float = 0.5  # w in w·CRF + (1-w)·D for the generator loss
     crf_weight_decay_iters: int = 60_000  # w falls linearly to 0 by this iteration
-    share_fakes: bool = True  # one G forward per iteration feeds the D, G and CRF sub-steps (see step.py)
+    share_fakes: bool = False  # true: one G forward feeds the D, G and CRF sub-steps (faster, not the reference; step.py)
     amp: str = "none"  # none | bf16 | fp16 autocast (GPU)
     channels_last: bool = False  # channels_last_3d memory format for networks and inputs (GPU tensor cores)
     compile: bool = False  # torch.compile each network in place (state_dict keys unchanged); first steps are slow
@@ -109,6 +113,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     val_every: int = 500
+    class_column: str = "modality"  # shard column whose values are the classes when model.num_classes > 0
     # Ray Train scaling
     num_workers: int = 1
     use_gpu: bool = False
@@ -125,7 +130,8 @@ class SynthConfig:
     tiled: bool = True  # render G^H over embedding slabs with a halo instead of one pass
     slab_embedding_slices: int = 0  # embedding slices per tile before the halo; 0: E/16 (2 at 128³, 4 at 256³)
     halo: int = 1  # embedding slices of context on each side (G^H's receptive field needs 1)
-    norm_stats: str = "global"  # global: equals the one-pass render; slab: per-tile GroupNorm statistics
+    norm_stats: str = "global"  # global: equals the one-pass render; train: each sub-volume rendered exactly as in
+    # training (E/8 embedding slices, no halo, its own GroupNorm statistics); slab: per-tile statistics on the tiles above
 
 
 @dataclass
@@ -212,6 +218,12 @@ class Config:
         _check(m.crf.nodes in ("slabs", "channels"), "model.crf.nodes", f"must be slabs or channels, got {m.crf.nodes!r}")
         _check(m.crf.iterations >= 0, "model.crf.iterations", f"must be >= 0, got {m.crf.iterations}")
         _check(m.crf.num_nodes >= 0, "model.crf.num_nodes", f"must be >= 0 (0: the default count), got {m.crf.num_nodes}")
+        _check(m.crf.pairwise in ("sum", "mean"), "model.crf.pairwise", f"must be sum or mean, got {m.crf.pairwise!r}")
+        _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0, got {m.num_classes}")
+        _check(m.lambda_class >= 0, "model.lambda_class", f"must be >= 0, got {m.lambda_class}")
+        _check(not m.class_names or len(m.class_names) == m.num_classes, "model.class_names",
+               f"lists {len(m.class_names)} names but model.num_classes={m.num_classes}")
+        _check(len(set(m.class_names)) == len(m.class_names), "model.class_names", f"has duplicates: {m.class_names}")
         n = crf_num_nodes(m)
         if m.crf.nodes == "slabs":
             _check(m.emb_size % n == 0, "model.crf.num_nodes", f"must divide the embedding depth {m.emb_size}, got {n}")
@@ -239,7 +251,8 @@ class Config:
         sy = self.synth
         _positive("synth.num_volumes", sy.num_volumes)
         _check(sy.seed >= 0, "synth.seed", f"must be >= 0, got {sy.seed}")
-        _check(sy.norm_stats in ("global", "slab"), "synth.norm_stats", f"must be global or slab, got {sy.norm_stats!r}")
+        _check(sy.norm_stats in ("global", "train", "slab"), "synth.norm_stats",
+               f"must be global, train or slab, got {sy.norm_stats!r}")
         _check(sy.halo >= 0, "synth.halo", f"must be >= 0, got {sy.halo}")
         _check(sy.slab_embedding_slices >= 0, "synth.slab_embedding_slices",
                f"must be >= 0 (0: E/16), got {sy.slab_embedding_slices}")
@@ -344,6 +357,13 @@ def _coerce(value, t, key: str):
             return float(value)
         if t is str:
             return str(value)
+        if origin is list:
+            (arg,) = typing.get_args(t)
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip() else []
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return [_coerce(v, arg, key) for v in value]
         if origin is tuple:
             args = typing.get_args(t)
             if isinstance(value, str):

@@ -3,6 +3,8 @@
 Reference: HA-GAN / CRF-GAN ``Discriminator`` (D^H part). The input slab (B, 1, S/8, S, S) is brought to
 (B, C/8, 4, 32, 32) by stride-2 k4 convs (none at 32³, one at 64³, two at 128³, three at 256³), then the
 reference's fixed tail: two (2,4,4) convs, two (1,4,4) convs, fc(C/4+1 → C/8) with the position, fc → 1 logit.
+Class-conditional (``model.num_classes`` = K > 0, HA-GAN's ``num_class`` mode): a second head fc(C/8 → K) gives class
+logits, and the output is (B, 1 + K): column 0 the real/fake logit, columns 1.. the class logits (``split_logits``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class SlabDiscriminator(nn.Module):
         )
         self.fc1 = sn_linear(ch // 4 + 1, ch // 8)
         self.fc2 = sn_linear(ch // 8, 1)
+        self.fc_class = sn_linear(ch // 8, cfg.num_classes) if cfg.num_classes else None
         self.max_position = cfg.image_size - cfg.slab_depth  # reference: S·7/8
 
     def forward(self, x: torch.Tensor, position: int) -> torch.Tensor:
-        """x (B, 1, S/8, S, S), ``position`` = first axial slice of the sub-volume → logit (B, 1)."""
+        """x (B, 1, S/8, S, S), ``position`` = first axial slice of the sub-volume → logit (B, 1) (+ K class logits)."""
         h = x
         for conv in self.stem:
             h = lrelu(conv(h))
@@ -48,4 +51,11 @@ class SlabDiscriminator(nn.Module):
         h = h.flatten(1)  # (B, C/4)
         pos = torch.full((h.shape[0], 1), position / self.max_position, dtype=h.dtype, device=h.device)
         h = lrelu(self.fc1(torch.cat([h, pos], dim=1)))
-        return self.fc2(h)
+        if self.fc_class is None:
+            return self.fc2(h)
+        return torch.cat([self.fc2(h), self.fc_class(h)], dim=1)  # (B, 1 + K)
+
+
+def split_logits(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A discriminator output (B, 1) or (B, 1 + K) → (real/fake logit (B, 1), class logits (B, K) or None)."""
+    return out[:, :1], (out[:, 1:] if out.shape[1] > 1 else None)

@@ -9,6 +9,9 @@ Follows the reference code (mahshid1998/CRF-GAN ``models/CRF_GAN_{64,128,256}.py
 One difference from the reference: sub-volume positions are whole embedding slices, so the rendered
 sub-volume and the real one cover exactly the same axial slices (the reference's ``crop_idx // 4`` could be
 off by up to 3 slices).
+
+Conditional generation (``model.num_classes`` = K > 0), as HA-GAN's ``num_class`` mode: the class enters as a
+one-hot vector concatenated to z before G^A's first Linear (latent_dim + K inputs); G^H is not conditioned.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class EmbeddingGenerator(nn.Module):
         super().__init__()
         c, e = cfg.base_channels, cfg.emb_size
         self.base = 16 * c
-        self.fc = nn.Linear(cfg.latent_dim, 4 * 4 * 4 * self.base)
+        self.num_classes = cfg.num_classes
+        self.fc = nn.Linear(cfg.latent_dim + cfg.num_classes, 4 * 4 * 4 * self.base)
         widths = [16 * c, 16 * c, 8 * c, 4 * c, cfg.emb_channels]
         n_up = log2_int(e // 4, "embedding size / 4")
         assert n_up <= 5, f"embedding size {e} needs {n_up} upsamplings; at most 5 are supported"
@@ -47,8 +51,8 @@ class EmbeddingGenerator(nn.Module):
             cin = w
         self.activation_checkpointing = cfg.activation_checkpointing
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(z.shape[0], self.base, 4, 4, 4)  # (B, 16c, 4, 4, 4)
+    def forward(self, z: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc(with_class(z, class_index, self.num_classes)).view(z.shape[0], self.base, 4, 4, 4)  # (B, 16c, 4³)
         for up, block in zip(self.up_before, self.blocks):
             if up:
                 h = up2(h)
@@ -57,6 +61,24 @@ class EmbeddingGenerator(nn.Module):
             else:
                 h = block(h)
         return h  # (B, Ce, E, E, E)
+
+
+def with_class(z: torch.Tensor, class_index: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """z (B, L) → (B, L + K) with the one-hot class appended (K = 0: z unchanged)."""
+    if num_classes == 0:
+        if class_index is not None:
+            raise ValueError("class_index given, but this generator is unconditional (model.num_classes=0)")
+        return z
+    if class_index is None:
+        raise ValueError(f"this generator is class-conditional (model.num_classes={num_classes}): pass class_index")
+    class_index = torch.as_tensor(class_index).long().reshape(-1)
+    if class_index.shape[0] != z.shape[0]:
+        raise ValueError(f"class_index has {class_index.shape[0]} entries for a batch of {z.shape[0]}")
+    # range check on host tensors only: on a GPU it would synchronise every training step
+    if class_index.device.type == "cpu" and class_index.numel() and (
+            int(class_index.min()) < 0 or int(class_index.max()) >= num_classes):
+        raise ValueError(f"class_index must lie in [0, {num_classes}), got {class_index.tolist()}")
+    return torch.cat([z, F.one_hot(class_index.to(z.device), num_classes).to(z.dtype)], dim=1)
 
 
 class SlabRenderer(nn.Module):
@@ -113,13 +135,33 @@ class Generator(nn.Module):
         assert 0 <= start and start + e <= a.shape[2], f"sub-volume start {start} + {e} outside A of depth {a.shape[2]}"
         return a[:, :, start : start + e]  # (B, Ce, e, E, E)
 
-    def forward(self, z: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (B, L) → (sub-volume (B, 1, S/8, S, S) whose first axial slice is start·S/E, A (B, Ce, E, E, E))."""
-        a = self.embedding(z)
+    def forward(self, z: torch.Tensor, start: int, class_index: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, L) → (sub-volume (B, 1, S/8, S, S) whose first axial slice is start·S/E, A (B, Ce, E, E, E)).
+
+        ``class_index`` (B,) long: required when the generator is class-conditional, refused otherwise."""
+        a = self.embedding(z, class_index)
         return self.renderer(self.slab_of(a, start)), a
 
+    def class_index(self, names) -> torch.Tensor:
+        """Class names → a LongTensor of indices into ``model.class_names``; an unknown name lists the valid ones."""
+        valid = list(self.cfg.class_names)
+        if not valid:
+            raise ValueError("this generator has no classes (model.num_classes=0 or no model.class_names)")
+        bad = [n for n in names if n not in valid]
+        if bad:
+            raise ValueError(f"unknown class {bad[0]!r}; valid classes: {', '.join(valid)}")
+        return torch.tensor([valid.index(n) for n in names], dtype=torch.long)
+
     @torch.no_grad()
-    def render(self, z: torch.Tensor, tiled: bool = True, **tile_kwargs) -> torch.Tensor:
-        """z (B, L) → whole volume (B, 1, S, S, S) in [-1, 1]; see ``crfgan.render``."""
-        a = self.embedding(z)
+    def render(self, z: torch.Tensor, class_index: torch.Tensor | None = None, tiled: bool = True,
+               **tile_kwargs) -> torch.Tensor:
+        """z (B, L) → whole volume (B, 1, S, S, S) in [-1, 1]; see ``crfgan.render``.
+
+        ``norm_stats="train"`` renders every sub-volume as training does (E/8 embedding slices, no halo, its own
+        GroupNorm statistics): ``slab`` and ``halo`` are then fixed by the model."""
+        a = self.embedding(z, class_index)
+        if tile_kwargs.get("norm_stats") == "train":
+            tiled = True
+            tile_kwargs.update(slab=self.cfg.emb_slab_depth, halo=0)
         return render_tiled(self.renderer, a, **tile_kwargs) if tiled else render_one_pass(self.renderer, a)

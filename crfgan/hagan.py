@@ -39,7 +39,8 @@ def _widths_to_4(size: int, top: int) -> list[int]:
 
 
 class LowResDiscriminator(nn.Module):
-    """D^L: spectral-norm convs (k4 s2) down to 4³, then a k4 conv to one logit."""
+    """D^L: spectral-norm convs (k4 s2) down to 4³, then a k4 conv to one logit (1 + K outputs when conditional,
+    as the reference's ``Sub_Discriminator``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -48,13 +49,14 @@ class LowResDiscriminator(nn.Module):
             layers.append(sn_conv3d(cin, w, kernel_size=4, stride=2, padding=1))
             cin = w
         self.convs = nn.ModuleList(layers)
-        self.out = sn_conv3d(cin, 1, kernel_size=4, stride=1, padding=0)
+        self.outputs = 1 + cfg.num_classes
+        self.out = sn_conv3d(cin, self.outputs, kernel_size=4, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv in self.convs:
             h = lrelu(conv(h))
-        return self.out(h).view(-1, 1)
+        return self.out(h).view(-1, self.outputs)
 
 
 class SubEncoder(nn.Module):

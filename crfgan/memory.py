@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -29,3 +30,11 @@ def pin_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
+
+
+def peak_rss_bytes(platform: str | None = None, maxrss: int | None = None) -> int:
+    """This process's peak resident set size in bytes. ``getrusage``'s ``ru_maxrss`` is in KiB on Linux (and the
+    BSDs) but in bytes on macOS (``platform``/``maxrss`` are for tests)."""
+    platform = sys.platform if platform is None else platform
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if maxrss is None else maxrss
+    return int(maxrss) if platform == "darwin" else int(maxrss) * 1024

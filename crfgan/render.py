@@ -8,8 +8,11 @@ The catch is G^H's GroupNorm, whose statistics span its whole input:
 - ``norm_stats="global"`` first streams over the tiles once per GroupNorm layer, accumulating per-(batch, group)
   sums and sums of squares of the kept voxels in float64, then normalises every tile with those whole-volume
   statistics: the result equals the one-pass render (to float32 rounding).
-- ``norm_stats="slab"`` normalises each tile with its own statistics, like training (G^H only ever sees one
-  sub-volume there), at the price of possible seams at tile borders.
+- ``norm_stats="train"`` is the exact training condition: tiles of E/8 embedding slices (one sub-volume), no
+  halo, each normalised with its own statistics — what G^H sees in every training step (the caller passes
+  ``slab`` = E/8 and ``halo=0``; ``Generator.render`` does). Seams may appear at sub-volume borders.
+- ``norm_stats="slab"`` normalises each tile (``slab`` + halo, E/16 + 1 + 1 slices by default) with its own
+  statistics. That is *not* what training sees (E/8 slices, no halo); it is kept for comparison.
 """
 
 from __future__ import annotations
@@ -90,10 +93,11 @@ def render_tiled(
     Peak memory beyond A and the output is one tile's activations. ``out`` may be a preallocated tensor
     (e.g. a memory-mapped array) to write into.
     """
-    assert norm_stats in ("global", "slab"), f"norm_stats must be global or slab, got {norm_stats!r}"
+    assert norm_stats in ("global", "train", "slab"), f"norm_stats must be global, train or slab, got {norm_stats!r}"
     b, _, depth, eh, ew = a.shape
     slab = slab or default_slab(depth)
     assert slab >= 1 and halo >= 0, f"slab must be >= 1 and halo >= 0, got {slab}, {halo}"
+    assert norm_stats != "train" or halo == 0, "norm_stats='train' renders the sub-volumes as training does: halo=0"
     f = 2 ** len(renderer.convs)  # S / E
     if out is None:
         out = torch.empty(b, 1, depth * f, eh * f, ew * f, dtype=a.dtype, device=a.device)

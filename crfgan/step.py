@@ -8,15 +8,24 @@ The four CRF-GAN sub-steps (ARCHITECTURE.md, after the reference train.py):
 HA-GAN instead adds G^L/D^L to steps 1–2 (the logit is the mean of D^H and D^L) and trains the sub-encoder E^G
 by reconstruction; it has no CRF.
 
-Speed (``train.share_fakes``, default on): the reference runs G^A — most of the model's compute — forward
-three times per iteration with three noise draws. Here one forward of G (with its graph kept) feeds the D step
-(detached), the G step (through the freshly updated D, whose weights are what the G step must see) and the CRF
-step's fake branch (detached A and the G step's D(fake), computed by the same D the CRF step would use). Each
-sub-step still optimises the same objective; the CRF's fakes come from G before its update instead of after.
-``share_fakes: false`` runs the reference sequence (fresh noise per sub-step) for comparison.
+Shared fakes (``train.share_fakes``; off in the paper presets): the reference runs G^A — most of the model's
+compute — forward three times per iteration with three noise draws. With sharing, one forward of G (its graph kept)
+feeds the D step (detached), the G step and the CRF step's fake branch. That is an algorithm change, not the same
+objective: G's step scores the very fakes D has just been updated on (the reference scores a fresh draw), and the
+CRF step sees A and D(fake) from G *before* its update (the reference: after). ``share_fakes: false`` runs the
+reference sequence; the evaluation's comparison measures what sharing costs in quality.
 
-DDP: every network is wrapped on its own. A sub-step calls the *wrapper* only of the networks it trains and
-the bare module (``raw``) of the frozen ones, so no wrapper ever waits for gradients that never come.
+Conditional generation (``model.num_classes`` = K > 0, HA-GAN's ``num_class`` mode): fakes are generated with the
+real batch's classes; D's step adds the cross-entropy of its class head on the real sub-volume (weight 1, as the
+reference), G's step adds ``lambda_class`` × the cross-entropy of D's class head on the fakes. The CRF's unary is
+D's real/fake logit only.
+
+Distributed: ``nets`` are the bare modules; ``call`` (default ``nets``) holds what to call for the network a
+sub-step trains — under DDP its wrapper. Frozen networks are always called bare, so no wrapper ever waits for
+gradients that never come. This module knows nothing about DDP beyond that.
+
+Host synchronisation: none per iteration (on CUDA). Losses are returned as device tensors; call ``.item()`` or
+``float()`` only when logging. (fp16's GradScaler checks for infs on the host: use bf16 for a sync-free step.)
 """
 
 from __future__ import annotations
@@ -25,22 +34,19 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import Config
+from .discriminator import split_logits
 from .hagan import low_res
 from .losses import bce, crf_weight, l1
 from .models import Networks, Optimizers
 
 
-def raw(m: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return getattr(m, "module", m)
-
-
 @contextlib.contextmanager
 def frozen(*modules):
     """Parameters of ``modules`` need no gradients inside the block (inputs still get theirs)."""
-    params = [p for m in modules if m is not None for p in raw(m).parameters()]
+    params = [p for m in modules if m is not None for p in m.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -103,75 +109,98 @@ def train_step(
     rng: np.random.Generator,
     amp: Amp | None = None,
     start: int | None = None,
+    labels: torch.Tensor | None = None,
+    call: Networks | None = None,
 ) -> dict[str, torch.Tensor]:
     """One iteration on a batch of whole real volumes ``real`` (B, 1, S, S, S) in [-1, 1].
 
-    Returns detached scalar losses (call ``.item()`` only when logging: it synchronises a GPU).
+    ``labels`` (B,) long: the volumes' classes (required when ``model.num_classes`` > 0). ``call``: the modules to call
+    for the trained network of each sub-step (DDP wrappers), default ``nets``.
+    Returns detached scalar losses on ``real``'s device (read them only when logging: reading synchronises a GPU).
     """
     m, t = cfg.model, cfg.train
     amp = amp or Amp(t.amp, real.device)
+    call = call or nets
     b, s = real.shape[0], m.image_size
     assert real.shape[1:] == (1, s, s, s), f"real volumes must be (B, 1, {s}, {s}, {s}), got {tuple(real.shape)}"
+    conditional = m.num_classes > 0
+    if conditional:
+        assert labels is not None and labels.shape == (b,), f"model.num_classes={m.num_classes}: labels (B,) required"
+        labels = labels.to(real.device, non_blocking=True).long()
+    else:
+        labels = None
     start = sample_start(rng, cfg) if start is None else start
     if t.channels_last:
         real = real.contiguous(memory_format=torch.channels_last_3d)
     real_slab, pos = real_sub_volume(real, start, cfg)
     hagan = m.arch == "hagan"
     real_low = low_res(real, m.emb_size) if hagan else None
-    g, d, e = nets.g, nets.d, nets.e
 
     def noise():
         return torch.randn(b, m.latent_dim, device=real.device)
 
-    def d_logit(disc, x, x_low, d_low):
+    def d_out(disc, x, x_low, d_low):
         h = disc(x, pos)
-        return (h + d_low(x_low)) / 2 if hagan else h
+        return (h + d_low(x_low)) / 2 if hagan else h  # (B, 1) or (B, 1 + K)
+
+    def class_ce(cls_logits, target):
+        return F.cross_entropy(cls_logits.float(), target)
 
     # 1. D ----------------------------------------------------------------------------------------------
     with amp.autocast():
         with contextlib.nullcontext() if t.share_fakes else torch.no_grad():
-            # shared: G's graph is kept for the G step; reference: a no-grad sample of its own
-            gen, gen_low = (g, nets.g_low) if t.share_fakes else (raw(g), raw(nets.g_low))
-            fake_slab, a = gen(noise(), start)
+            # shared: G's graph is kept for the G step (the wrapper: G trains through it); else a no-grad sample
+            gen, gen_low = (call.g, call.g_low) if t.share_fakes else (nets.g, nets.g_low)
+            fake_slab, a = gen(noise(), start, labels)
             fake_low = gen_low(a) if hagan else None
         both = torch.cat([real_slab, fake_slab.detach()])  # one D forward for real and fake
         both_low = torch.cat([real_low, fake_low.detach()]) if hagan else None
-        logits = d_logit(d, both, both_low, nets.d_low)
+        logits, cls = split_logits(d_out(call.d, both, both_low, call.d_low))
         d_real, d_fake = logits[:b], logits[b:]
         d_loss = bce(d_real, 1.0) + bce(d_fake, 0.0)
+        if conditional:
+            d_class = class_ce(cls[:b], labels)
+            d_loss = d_loss + d_class
     amp.step(d_loss, opts["d"])
     out = {"d_loss": d_loss.detach(), "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+    if conditional:
+        out["d_class"] = d_class.detach()
 
     # 2. G ----------------------------------------------------------------------------------------------
-    with frozen(d, nets.d_low, nets.crf), amp.autocast():
+    with frozen(nets.d, nets.d_low, nets.crf), amp.autocast():
         if not t.share_fakes:
-            fake_slab, a = g(noise(), start)
-            fake_low = nets.g_low(a) if hagan else None
-        d_fake_g = d_logit(raw(d), fake_slab, fake_low, raw(nets.d_low) if hagan else None)
+            fake_slab, a = call.g(noise(), start, labels)
+            fake_low = call.g_low(a) if hagan else None
+        d_fake_g, cls_fake_g = split_logits(d_out(nets.d, fake_slab, fake_low, nets.d_low))
         if hagan:
             y = d_fake_g
         else:
             w = crf_weight(t, iteration)
-            crf_fake_g = raw(nets.crf)(a, d_fake_g)
+            crf_fake_g = nets.crf(a, d_fake_g)
             y = w * crf_fake_g + (1 - w) * d_fake_g
-            out["crf_weight"] = torch.tensor(w)
+            out["crf_weight"] = torch.full((), w, device=real.device)
         g_loss = bce(y, 1.0)
+        if conditional:
+            g_class = class_ce(cls_fake_g, labels)
+            g_loss = g_loss + m.lambda_class * g_class
     amp.step(g_loss, opts["g"])
     out["g_loss"] = g_loss.detach()
+    if conditional:
+        out["g_class"] = g_class.detach()
     del fake_slab
 
     # 3. CRF (CRF-GAN) ----------------------------------------------------------------------------------
     if not hagan:
         with torch.no_grad(), amp.autocast():
-            a_real = raw(e)(real)  # E(x_full): the real volume's embedding, (B, Ce, E, E, E)
-            d_real_c = raw(d)(real_slab, pos)  # D after its update, as the reference
+            a_real = nets.e(real)  # E(x_full): the real volume's embedding, (B, Ce, E, E, E)
+            d_real_c = split_logits(nets.d(real_slab, pos))[0]  # D after its update, as the reference
             if t.share_fakes:
                 a_fake, d_fake_c = a.detach(), d_fake_g.detach()
             else:
-                fake_c, a_fake = raw(g)(noise(), start)
-                d_fake_c = raw(d)(fake_c, pos)
+                fake_c, a_fake = nets.g(noise(), start, labels)
+                d_fake_c = split_logits(nets.d(fake_c, pos))[0]
         with amp.autocast():
-            y_crf = nets.crf(torch.cat([a_real, a_fake]), torch.cat([d_real_c, d_fake_c]))  # one CRF forward
+            y_crf = call.crf(torch.cat([a_real, a_fake]), torch.cat([d_real_c, d_fake_c]))  # one CRF forward
             crf_loss = bce(y_crf[:b], 1.0) + bce(y_crf[b:], 0.0)
         amp.step(crf_loss, opts["crf"])
         out["crf_loss"] = crf_loss.detach()
@@ -179,8 +208,8 @@ def train_step(
     del a
 
     # 4. E ----------------------------------------------------------------------------------------------
-    with frozen(g), amp.autocast():
-        rec = raw(g).renderer(e(real_slab))  # G^H(E(x_slab))
+    with frozen(nets.g), amp.autocast():
+        rec = nets.g.renderer(call.e(real_slab))  # G^H(E(x_slab))
         e_loss = l1(rec, real_slab)
     amp.step(e_loss, opts["e"])
     out["e_loss"] = e_loss.detach()
@@ -189,10 +218,10 @@ def train_step(
     if hagan:
         with torch.no_grad(), amp.autocast():
             step = m.slab_depth
-            a_hat = torch.cat([raw(e)(real[:, :, i : i + step]) for i in range(0, s, step)], dim=2)
-        with frozen(g, nets.g_low), amp.autocast():
-            rec_slab, a_rec = raw(g)(nets.e_sub(a_hat), start)
-            rec_low = raw(nets.g_low)(a_rec)
+            a_hat = torch.cat([nets.e(real[:, :, i : i + step]) for i in range(0, s, step)], dim=2)
+        with frozen(nets.g, nets.g_low), amp.autocast():
+            rec_slab, a_rec = nets.g(call.e_sub(a_hat), start, labels)
+            rec_low = nets.g_low(a_rec)
             sub_loss = (l1(rec_slab, real_slab) + l1(rec_low, real_low)) / 2
         amp.step(sub_loss, opts["e_sub"])
         out["e_sub_loss"] = sub_loss.detach()

@@ -45,17 +45,73 @@ def load_volumes(paths: Iterable[str | Path], cfg: Config) -> np.ndarray:
     return np.stack(vols).astype(np.float32)
 
 
+def assign_classes(cfg: Config, values: Iterable[str], source: str = "the train split") -> np.ndarray | None:
+    """The class index of each volume from its ``train.class_column`` values; fills ``model.class_names``.
+
+    Unconditional models (``model.num_classes=0``) get ``None``. With no names configured, the names are the sorted
+    distinct values, and their count must equal ``model.num_classes``; configured names must cover every value.
+    """
+    m = cfg.model
+    if m.num_classes == 0:
+        return None
+    values = [str(v) for v in values]
+    found = sorted(set(values))
+    col = cfg.train.class_column
+    if not m.class_names:
+        if len(found) != m.num_classes:
+            raise ValueError(f"{source} has {len(found)} distinct {col!r} values ({', '.join(found)}) but "
+                             f"model.num_classes={m.num_classes}: set model.num_classes={len(found)}, or list every "
+                             f"class in model.class_names")
+        m.class_names = found
+    unknown = [v for v in found if v not in m.class_names]
+    if unknown:
+        raise ValueError(f"{source}: {col!r} value {unknown[0]!r} is not in model.class_names {m.class_names}")
+    return np.array([m.class_names.index(v) for v in values], dtype=np.int64)
+
+
+def select_device(cfg: Config, device: str | None = None) -> torch.device:
+    """``device`` if given, else a GPU exactly when ``train.use_gpu`` (never just because one is present)."""
+    if device is None:
+        device = "cuda" if cfg.train.use_gpu else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu=true but PyTorch sees no CUDA device on this machine; "
+                           "set train.use_gpu=false to train on the CPU")
+    return dev
+
+
+def refuse_foreign_run(out: Path) -> None:
+    """A Ray Train run folder (its snapshot, timestamped checkpoints) is not resumable by the local trainer."""
+    if not out.is_dir():
+        return
+    ray_marks = [p.name for p in out.iterdir()
+                 if p.name.startswith("checkpoint_manager_snapshot") or (p.name.startswith("checkpoint_")
+                                                                          and p.is_dir() and not CKPT_RE.match(p.name))]
+    if ray_marks:
+        raise RuntimeError(f"{out} holds a Ray Train run ({ray_marks[0]}); --local cannot resume it. Continue it "
+                           "with `crfgan train` (without --local), or pick another --run-name or --storage")
+
+
+def to_device(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Host batch → ``device`` without stalling the host on a GPU: a copy from pageable memory waits for the stream's
+    queued kernels, so the batch is pinned first and copied asynchronously."""
+    if x is None or device.type != "cuda":
+        return None if x is None else x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
 
-def batches(volumes: np.ndarray, batch_size: int, rng: np.random.Generator):
-    """Endless random batches (B, 1, S, S, S); with fewer volumes than B, volumes repeat within a batch."""
+def batches(volumes: np.ndarray, batch_size: int, rng: np.random.Generator, labels: np.ndarray | None = None):
+    """Endless random batches ``(volumes (B, 1, S, S, S), labels (B,) or None)``: every batch a fresh random draw
+    (with fewer volumes than B, volumes repeat within a batch)."""
     n = len(volumes)
     while True:
         idx = rng.choice(n, size=batch_size, replace=n < batch_size)
-        yield torch.from_numpy(volumes[idx][:, None])
+        yield torch.from_numpy(volumes[idx][:, None]), (torch.from_numpy(labels[idx]) if labels is not None else None)
 
 
 def checkpoints(out_dir: Path) -> list[Path]:
@@ -71,18 +127,23 @@ def train_local(
     device: str | None = None,
     log: Callable[[str], None] = print,
     resume: bool = True,
+    labels: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train ``cfg.train.iterations`` iterations on ``volumes`` (N, S, S, S).
+    """Train ``cfg.train.iterations`` iterations on ``volumes`` (N, S, S, S) (``labels`` (N,): class indices, required
+    when ``model.num_classes`` > 0; see ``assign_classes``).
 
     With ``out_dir``: checkpoints every ``checkpoint_every`` (the last ``keep_checkpoints`` kept), resume from
-    the latest one, and the generator exported to ``out_dir/generator`` at the end.
+    the latest one, and the generator exported to ``out_dir/generator`` at the end. The device is ``device``, else
+    a GPU exactly when ``train.use_gpu``. Losses are read from the device only every ``train.log_every`` iterations.
     """
     t = cfg.train
     s = cfg.model.image_size
     assert volumes.ndim == 4 and volumes.shape[1:] == (s, s, s), (
         f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
     )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.model.num_classes and (labels is None or len(labels) != len(volumes)):
+        raise ValueError(f"model.num_classes={cfg.model.num_classes}: pass one class label per volume")
+    dev = select_device(cfg, device)
     if dev.type == "cpu":
         pin_mmap_threshold()
     rng = seed_everything(t.seed)
@@ -90,20 +151,25 @@ def train_local(
     opts = build_optimizers(cfg, nets)
     start_it = 0
     out = Path(out_dir) if out_dir else None
+    if out:
+        refuse_foreign_run(out)
     if out and resume and checkpoints(out):
         latest = checkpoints(out)[-1]
-        _, _, state = load_checkpoint(latest, dev, nets, opts)
+        ck_cfg, _, state = load_checkpoint(latest, dev, nets, opts)
+        if ck_cfg.model.class_names != cfg.model.class_names:
+            raise ValueError(f"{latest} was trained with classes {ck_cfg.model.class_names}, this run has "
+                             f"{cfg.model.class_names}: resume with the same data and model.class_names")
         start_it = state["iteration"]
         set_rng_state(state["rng"])
         rng.bit_generator.state = state["np_rng"]
         log(f"resumed from {latest} at iteration {start_it}")
     amp = Amp(t.amp, dev)
-    data = batches(volumes, t.batch_size, rng)
+    data = batches(volumes, t.batch_size, rng, labels if cfg.model.num_classes else None)
     result = TrainResult(nets=nets, iterations=start_it)
     t0 = time.perf_counter()
     for it in range(start_it, t.iterations):
-        real = next(data).to(dev, non_blocking=True)
-        losses = train_step(nets, opts, real, it, cfg, rng, amp)
+        real, lab = next(data)
+        losses = train_step(nets, opts, to_device(real, dev), it, cfg, rng, amp, labels=to_device(lab, dev))
         done = it + 1
         if done % t.log_every == 0 or done == t.iterations:
             row = {"iteration": done, **{k: float(v) for k, v in losses.items()}}

@@ -99,13 +99,14 @@ def seeds_to_z(seeds, latent_dim: int):
     return torch.cat(zs)  # (B, L)
 
 
-def render_volumes(g, cfg, seeds, device="cpu") -> np.ndarray:
+def render_volumes(g, cfg, seeds, device="cpu", class_index=None) -> np.ndarray:
     import torch
 
     sy = cfg.synth
     with torch.no_grad():
         z = seeds_to_z(seeds, cfg.model.latent_dim).to(device)
-        vol = g.render(z, tiled=sy.tiled, slab=sy.slab_embedding_slices, halo=sy.halo, norm_stats=sy.norm_stats)
+        vol = g.render(z, class_index=class_index, tiled=sy.tiled, slab=sy.slab_embedding_slices, halo=sy.halo,
+                       norm_stats=sy.norm_stats)
     return vol[:, 0].float().cpu().numpy()  # (B, S, S, S)
 
 
@@ -195,7 +196,8 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
             info = mlflow.pyfunc.log_model(
                 name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
                 code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
-                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch})
+                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
+                          "class_names": list(cfg.model.class_names)})
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     for k, v in tags.items():
@@ -214,7 +216,8 @@ except ImportError:  # mlflow is optional for the rest of this module
 
 
 class GeneratorModel(_Base):
-    """predict(seeds) → volumes (B, S, S, S) float32 in [-1, 1]; seeds: ints, a 1-D array or a frame with ``seed``."""
+    """predict(seeds) → volumes (B, S, S, S) float32 in [-1, 1]; seeds: ints, a 1-D array or a frame with ``seed``
+    (and, for a class-conditional model, ``class``: a name from ``model.class_names`` per row)."""
 
     def load_context(self, context):
         from crfgan.checkpoint import load_generator
@@ -223,12 +226,15 @@ class GeneratorModel(_Base):
         self.cfg = self.g.config
 
     def predict(self, context, model_input, params=None):
+        names = None
         if hasattr(model_input, "columns"):
             seeds = model_input["seed"] if "seed" in model_input.columns else model_input.iloc[:, 0]
+            names = list(model_input["class"]) if "class" in model_input.columns else None
         else:
             seeds = model_input
         seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
-        return render_volumes(self.g, self.cfg, seeds)
+        cls = self.g.class_index([str(n) for n in names]) if names is not None else None
+        return render_volumes(self.g, self.cfg, seeds, class_index=cls)
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -258,7 +264,9 @@ class WorkerTracker:
         was = g.training
         g.eval()
         try:
-            vols = render_volumes(g, self.cfg, seeds=[0, 1], device=device)
+            k = self.cfg.model.num_classes  # conditional: seed 0 as class 0, seed 1 as class 1 (mod K)
+            cls = np.arange(2) % k if k else None
+            vols = render_volumes(g, self.cfg, seeds=[0, 1], device=device, class_index=cls)
         finally:
             g.train(was)
         with tempfile.TemporaryDirectory() as d:

@@ -9,6 +9,13 @@ Joins ``RAY_ADDRESS`` (set by ``ray job submit``) or starts a local Ray. The run
 storage and name resumes from its latest checkpoint, and ``FailureConfig(train.max_failures)`` restarts the
 worker group from it after a worker dies. S3 storage: ``s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http``
 for S3-compatible endpoints. The per-worker loop is ``pipelines/train_loop.py``; MLflow glue ``pipelines/tracking.py``.
+
+Data order: the train split's item list (one item per volume) is shuffled anew every epoch (Ray Data
+``random_shuffle`` on the items, reseeded per execution from ``train.seed``), before any volume is read.
+Classes (``model.num_classes`` > 0): the driver reads ``train.class_column`` of the train shards, fills
+``model.class_names`` (sorted distinct values unless given) and attaches each volume's class index to its item.
+``--local`` and Ray Train write different checkpoint layouts in ``<storage>/<run name>``: each refuses the other's
+run folder with a message instead of silently starting over.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ EPOCH_MIN_ROWS = 256  # rows per Ray Data epoch of the train split (the item lis
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="URI", help="output of crfgan preprocess (folder or s3://bucket/prefix)")
-    p.add_argument("--local", action="store_true", help="train in this process (no Ray) with crfgan.trainer.train_local")
+    p.add_argument("--local", action="store_true", help="train in this process (no Ray) with crfgan.trainer.train_local, "
+                   "on the CPU unless train.use_gpu=true; it refuses a Ray Train run folder, and Ray refuses its")
     p.add_argument("--run-name", default=None, help="Ray Train run name (default: train.run_name); same name = resume")
     p.add_argument("--storage", default=None, metavar="PATH_OR_S3", help="checkpoint storage (default: train.storage_path)")
     p.add_argument("--no-mlflow", action="store_true", help="skip MLflow tracking and model registration")
@@ -50,18 +58,53 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def torch_backend(cfg) -> str:
+    """NCCL between GPU workers, gloo between CPU workers."""
+    return "nccl" if cfg.train.use_gpu else "gloo"
+
+
+def class_values(cfg, data_uri: str, manifest: dict, split: str = "train") -> dict[tuple[str, int], str]:
+    """``{(shard path, row group): value of train.class_column}`` for one split (reads only that column)."""
+    import pyarrow.parquet as pq
+
+    from crfgan.shards import filesystem
+
+    col, out = cfg.train.class_column, {}
+    for sh in manifest["shards"]:
+        if sh["split"] != split:
+            continue
+        fs, path = filesystem(f"{data_uri.rstrip('/')}/{sh['path']}", cfg.data.s3_endpoint)
+        pf = pq.ParquetFile(path, filesystem=fs)
+        if col not in pf.schema_arrow.names:
+            raise ValueError(f"{sh['path']}: no column {col!r} for train.class_column "
+                             f"(columns: {', '.join(pf.schema_arrow.names)})")
+        for g in range(pf.num_row_groups):
+            out[(sh["path"], g)] = str(pf.read_row_group(g, columns=[col]).column(col)[0].as_py())
+    return out
+
+
 def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
-    """Ray Datasets over the shards (only the ``volume`` column is read); val falls back to train when empty."""
+    """Ray Datasets over the shards (only the ``volume`` column is read, plus the class index when conditional);
+    val falls back to train when empty. Fills ``cfg.model.class_names`` when the model is class-conditional."""
     import ray.data
+
+    from crfgan.trainer import assign_classes
 
     endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     s = cfg.model.image_size
     check_shards_match(cfg, data_uri, manifest)
 
+    labels: dict = {}
+    if cfg.model.num_classes:
+        values = class_values(cfg, data_uri, manifest)
+        idx = assign_classes(cfg, values.values(), source=f"{data_uri} (train split)")
+        labels = dict(zip(values, (int(i) for i in idx)))
+
     def read(split: str, min_rows: int = 1):
         # One item per volume (= one Parquet row group), read by zero-CPU tasks: streaming, and no CPU-bound
         # listing task that could wait forever while the training workers hold every CPU of a small machine.
-        items = [{"shard": f"{data_uri.rstrip('/')}/{sh['path']}", "row_group": i}
+        items = [{"shard": f"{data_uri.rstrip('/')}/{sh['path']}", "row_group": i,
+                  **({"label": labels[(sh["path"], i)]} if labels and split == "train" else {})}
                  for sh in manifest["shards"] if sh["split"] == split for i in range(sh["volumes"])]
         if not items:
             return None
@@ -72,6 +115,9 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
         items = [it for p in passes for it in p]
         per_block = int(min(16, max(1, 64 * 2**20 // (2 * s**3))))  # ≈ 64 MiB of float16 volumes per read task
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // per_block)))
+        if split == "train":  # a new item order every epoch (every execution), seeded; zero-CPU shuffle tasks
+            ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(cfg.train.seed, reseed_after_execution=True),
+                                   num_cpus=0)
         return ds.map(functools.partial(_read_volume, endpoint=endpoint), num_cpus=data_cpus)
 
     train = read("train", min_rows=EPOCH_MIN_ROWS)
@@ -105,7 +151,22 @@ def _read_volume(item: dict, endpoint: str = "") -> dict:
 
     fs, path = filesystem(item["shard"], endpoint)
     t = pq.ParquetFile(path, filesystem=fs).read_row_group(item["row_group"], columns=["volume"])
-    return {"volume": t.column("volume").combine_chunks().to_numpy_ndarray()[0]}  # (S, S, S) float16
+    row = {"volume": t.column("volume").combine_chunks().to_numpy_ndarray()[0]}  # (S, S, S) float16
+    if "label" in item:
+        row["label"] = item["label"]
+    return row
+
+
+def refuse_local_run(storage: str, run_name: str) -> None:
+    """A ``--local`` run folder (checkpoint_NNNNNN/) is not resumable by Ray Train: refuse instead of starting over."""
+    from crfgan.trainer import checkpoints
+
+    if "://" in storage:
+        return
+    found = checkpoints(Path(storage) / run_name)
+    if found:
+        raise ValueError(f"{Path(storage) / run_name} holds checkpoints of a --local run ({found[-1].name}); Ray Train "
+                         "cannot resume them. Continue with --local, or pick another --run-name or --storage")
 
 
 def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
@@ -114,9 +175,10 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from crfgan.shards import read_manifest
     from pipelines import tracking
 
+    refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
     ray = ensure_ray()
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
     data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
@@ -135,6 +197,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     trainer = TorchTrainer(
         _loop(),
         train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=torch_backend(cfg)),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.run_name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=t.max_failures),
@@ -184,13 +247,21 @@ def run_local(cfg, data_uri: str) -> int:
     import numpy as np
 
     from crfgan.shards import read_manifest, read_volumes
-    from crfgan.trainer import train_local
+    from crfgan.trainer import assign_classes, train_local
 
     if not str(data_uri).endswith(".parquet"):
         check_shards_match(cfg, data_uri, read_manifest(data_uri, cfg.data.s3_endpoint))
-    vols = np.stack([r["volume"] for r in read_volumes(data_uri, "train", cfg.data.s3_endpoint)])
+    col = cfg.train.class_column
+    vols, values = [], []
+    for r in read_volumes(data_uri, "train", cfg.data.s3_endpoint):
+        vols.append(r["volume"])
+        if cfg.model.num_classes:
+            if col not in r:
+                raise ValueError(f"{data_uri}: no column {col!r} for train.class_column")
+            values.append(r[col])
+    labels = assign_classes(cfg, values, source=f"{data_uri} (train split)")
     out = Path(storage_uri(cfg.train.storage_path)) / cfg.train.run_name
-    res = train_local(cfg, vols, out_dir=out)
+    res = train_local(cfg, np.stack(vols), out_dir=out, labels=labels)  # the device follows train.use_gpu
     print(f"[train] local: {res.iterations} iterations in {res.seconds:.1f}s; generator at {res.generator_path}")
     return 0
 
@@ -201,6 +272,8 @@ def _no_shards(data_uri: str, e: Exception) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from crfgan.config import ConfigError
+
     cfg = _apply(config_from_args(args), args)
     if args.local:
         if "://" in cfg.train.storage_path:
@@ -211,10 +284,20 @@ def main(args: argparse.Namespace) -> int:
         except FileNotFoundError as e:
             print(_no_shards(args.data, e), file=sys.stderr)
             return 2
+        except ConfigError:
+            raise
+        except (ValueError, RuntimeError) as e:
+            print(f"train: {e}", file=sys.stderr)
+            return 2
     try:
         summary = run_training(cfg, args.data, mlflow_enabled=not args.no_mlflow)
     except FileNotFoundError as e:
         print(_no_shards(args.data, e), file=sys.stderr)
+        return 2
+    except ConfigError:
+        raise
+    except ValueError as e:
+        print(f"train: {e}", file=sys.stderr)
         return 2
     from pipelines import tracking
 

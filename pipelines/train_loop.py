@@ -2,28 +2,32 @@
 
 Runs inside every TorchTrainer worker (``train_loop_per_worker(config)``); the driver is ``pipelines/train.py``.
 
-- Networks: every one (G, D, E, CRF; HA-GAN: G^L, D^L, E^G) is wrapped by ``prepare_model`` on its own, as
-  ``crfgan/step.py`` expects (it calls the wrapper only of the network a sub-step trains). The same seed builds
-  identical weights on every rank, and DDP broadcasts rank 0's anyway.
+- Networks: every one (G, D, E, CRF; HA-GAN: G^L, D^L, E^G) is wrapped by ``prepare_model`` on its own; the
+  wrappers go to ``train_step(call=...)``, which calls the wrapper only of the network a sub-step trains and the bare
+  module otherwise. The same seed builds identical weights on every rank, and DDP broadcasts rank 0's anyway.
+  Backend: NCCL on GPU workers, gloo on CPU ones (``pipelines/train.py``).
 - Data: ``get_dataset_shard("train")`` streams this rank's share of the shards, one batch at a time and epoch after
   epoch; no worker ever holds the whole dataset. Seeds differ per rank (noise, sub-volume positions, shuffling).
 - Checkpoints: every ``train.checkpoint_every`` iterations and at the end, via ``ray.train.report`` (a barrier that
-  every rank calls equally often); rank 0 attaches ``Checkpoint.from_directory``. The checkpoint holds every
-  network and optimizer (``crfgan.checkpoint``), the iteration, every rank's RNG states and the *lineage*: the
-  ``[start, end)`` iteration ranges each attempt trained. On restart (``FailureConfig`` or a rerun with the same
-  RunConfig name) training continues from ``get_checkpoint()`` at the next iteration, so a run ends at exactly
-  ``train.iterations`` and the lineage tiles ``[0, iterations)`` with no overlap. What is not restored: the
-  position inside the data stream (an epoch restarts; the sample order after a resume differs from an unbroken run).
+  every rank calls equally often); rank 0 writes the checkpoint to a local temp folder and attaches it with
+  ``CheckpointUploadMode.ASYNC``: the upload to storage runs in the background (Ray deletes the local copy after it),
+  so no rank waits for it (with SYNC, rank 0 uploads inside ``report`` and the others stall at the next all-reduce).
+  The checkpoint holds every network and optimizer (``crfgan.checkpoint``), the iteration, every rank's RNG states
+  and the *lineage*: the ``[start, end)`` iteration ranges each attempt trained. On restart (``FailureConfig`` or a
+  rerun with the same RunConfig name) training continues from ``get_checkpoint()`` at the next iteration, so a run
+  ends at exactly ``train.iterations`` and the lineage tiles ``[0, iterations)`` with no overlap. What is not
+  restored: the position inside the data stream (an epoch restarts; the sample order after a resume differs).
+- Host syncs: losses stay on the device and are summed there; they are read once per report window.
+- Classes (``model.num_classes`` > 0): each row carries its class index (``label``), assigned by the driver.
 - Validation (``train.val_every``): ``val_l1`` = mean L1 of G^H(E(x_slab)) vs x_slab over every sub-volume position
   of up to ``VAL_MAX_VOLUMES`` val volumes, computed on rank 0 and broadcast (the metric Tune optimises).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import resource
-import shutil
 import tempfile
 import time
 
@@ -33,12 +37,13 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from crfgan.memory import pin_mmap_threshold
+from crfgan.memory import peak_rss_bytes, pin_mmap_threshold
 from crfgan.storage import write_text_atomic
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
 from crfgan.models import apply_execution_options, build_networks, build_optimizers
-from crfgan.step import Amp, raw, train_step
+from crfgan.step import Amp, train_step
+from crfgan.trainer import to_device
 
 VAL_MAX_VOLUMES = 8  # validation streams at most this many val volumes (a cheap, fixed-cost metric)
 
@@ -51,27 +56,32 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this worker: CUDA allocator peak on a GPU, else the process's max RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_bytes() / 2**20
 
 
-def endless_batches(shard, batch_size: int, seed: int, rank: int):
-    """(B, 1, S, S, S) float32 batches from a streamed dataset shard, epoch after epoch.
+def endless_batches(shard, batch_size: int, seed: int, rank: int, labels: bool = False):
+    """``(volumes (B, 1, S, S, S) float32, labels (B,) int64 or None)`` from a streamed dataset shard, epoch after
+    epoch. The item order of every epoch is a fresh shuffle (``pipelines/train.py``).
 
     Rows are buffered across batch borders, so a rank with fewer volumes than ``batch_size`` still trains.
     """
     buf: list[np.ndarray] = []
+    lab: list[int] = []
     epoch = 0
     while True:
         rows = 0
         it = shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size,
                                 local_shuffle_seed=seed + 1000 * epoch)
         for b in it:
-            for v in b["volume"]:
+            for i, v in enumerate(b["volume"]):
                 buf.append(np.asarray(v, dtype=np.float32))
+                if labels:
+                    lab.append(int(b["label"][i]))
                 rows += 1
                 if len(buf) == batch_size:
-                    yield torch.from_numpy(np.stack(buf))[:, None]  # (B, 1, S, S, S)
-                    buf = []
+                    y = torch.tensor(lab, dtype=torch.long) if labels else None
+                    yield torch.from_numpy(np.stack(buf))[:, None], y  # (B, 1, S, S, S), (B,)
+                    buf, lab = [], []
         if rows == 0:
             raise RuntimeError(f"worker rank {rank} received no training volumes: the train split has fewer volumes "
                                "than workers; lower train.num_workers or add scans")
@@ -82,7 +92,7 @@ def endless_batches(shard, batch_size: int, seed: int, rank: int):
 def validation_l1(nets, cfg: Config, val_iter, device: torch.device) -> float:
     """Mean encoder reconstruction L1 over every sub-volume position of the first val volumes."""
     m = cfg.model
-    g, e = raw(nets.g), raw(nets.e)
+    g, e = nets.g, nets.e
     was = e.training, g.training
     e.eval(), g.eval()
     total, n = 0.0, 0
@@ -98,6 +108,17 @@ def validation_l1(nets, cfg: Config, val_iter, device: torch.device) -> float:
     finally:
         e.train(was[0]), g.train(was[1])
     return total / max(n, 1) if n else float("nan")
+
+
+def _remove_empty(dirs: list[str]) -> None:
+    for d in list(dirs):
+        try:
+            os.rmdir(d)  # only succeeds once the background upload has removed the checkpoint inside
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        dirs.remove(d)
 
 
 def _broadcast_float(value: float, device: torch.device) -> float:
@@ -160,7 +181,10 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            _, _, state = load_checkpoint(d, device, nets, opts)
+            ck_cfg, _, state = load_checkpoint(d, device, nets, opts)
+        if ck_cfg.model.class_names != cfg.model.class_names:
+            raise ValueError(f"the checkpoint was trained with classes {ck_cfg.model.class_names}, this run has "
+                             f"{cfg.model.class_names}: resume with the same data and model.class_names")
         start_it, lineage = int(state["iteration"]), [list(s) for s in state.get("lineage", [])]
         ranks = state.get("ranks", [])
         if rank < len(ranks):  # same world size as before: continue this rank's random streams
@@ -173,8 +197,9 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"[train] resumed from checkpoint at iteration {start_it} (lineage {lineage})", flush=True)
     _write_status(config.get("status_dir"), rank, start_it)
 
-    for name, module in nets.items():
-        setattr(nets, name, ray.train.torch.prepare_model(module, move_to_device=False))
+    # DDP wrappers (world size > 1) for train_step to call; nets keeps the bare modules (frozen calls, checkpoints)
+    call = dataclasses.replace(nets, **{name: ray.train.torch.prepare_model(module, move_to_device=False)
+                                        for name, module in nets.items()})
 
     tracker = None
     if rank == 0 and config.get("mlflow"):
@@ -184,21 +209,24 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.log_metrics({"resumed_from": start_it}, step=start_it)
 
     amp = Amp(t.amp, device)
-    data = endless_batches(ray.train.get_dataset_shard("train"), t.batch_size, seed=t.seed * 7919 + rank, rank=rank)
+    data = endless_batches(ray.train.get_dataset_shard("train"), t.batch_size, seed=t.seed * 7919 + rank, rank=rank,
+                           labels=cfg.model.num_classes > 0)
     val_iter = ray.train.get_dataset_shard("val") if rank == 0 else None
     samples_per_iter = world * t.batch_size
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per iteration
     data_s = 0.0  # time spent waiting for batches in the current report window
     n_sum, win_t0, win_it = 0, time.perf_counter(), start_it
+    tmp_dirs: list[str] = []  # parents of uploaded checkpoint copies, removed once Ray has deleted their content
     steady_t0 = steady_it = None  # from the first report on: no start-up, no warm-up (the benchmark's figure)
     for it in range(start_it, t.iterations):
         t_data = time.perf_counter()
-        real = next(data).to(device, non_blocking=True)
+        real, labels = next(data)
+        real, labels = to_device(real, device), to_device(labels, device)  # pinned + async on a GPU
         data_s += time.perf_counter() - t_data
-        losses = train_step(nets, opts, real, it, cfg, rng, amp)
+        losses = train_step(nets, opts, real, it, cfg, rng, amp, labels=labels, call=call)
         done = it + 1
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums[k] + v if k in sums else v.clone()
         n_sum += 1
         last = done == t.iterations
         is_ckpt = done % t.checkpoint_every == 0 or last
@@ -207,7 +235,9 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         # ---- report: every rank reaches this point at the same iterations -----------------------------------
         dt = time.perf_counter() - win_t0
-        metrics = _mean_over_ranks({k: v / n_sum for k, v in sums.items()}, device)
+        keys = sorted(sums)
+        means = (torch.stack([sums[k].float() for k in keys]) / n_sum).tolist() if keys else []  # the one read
+        metrics = _mean_over_ranks(dict(zip(keys, means)), device)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"iteration {done}: non-finite {', '.join(bad)}")
@@ -225,24 +255,23 @@ def train_loop_per_worker(config: dict) -> None:
         rngs = _gather({"torch": rng_state(), "np": rng.bit_generator.state}) if is_ckpt else None
         if is_ckpt:  # DDP health: every rank must hold the same weights (0 unless gradients were not all-reduced)
             with torch.no_grad():
-                local_sums = [float(sum(p.double().sum() for p in raw(mod).parameters())) for _, mod in nets.items()]
+                local_sums = [float(sum(p.double().sum() for p in mod.parameters())) for _, mod in nets.items()]
             sums_r = _gather(local_sums)
             metrics["param_divergence"] = max(abs(a - b) for r in sums_r for a, b in zip(r, sums_r[0]))
-        tmp = None
         checkpoint = None
+        _remove_empty(tmp_dirs)
         if is_ckpt and rank == 0:
-            tmp = tempfile.mkdtemp(prefix="crfgan-ckpt-")
-            path = save_checkpoint(os.path.join(tmp, "checkpoint"), cfg, nets, opts, done, {
+            tmp_dirs.append(tempfile.mkdtemp(prefix="crfgan-ckpt-"))
+            path = save_checkpoint(os.path.join(tmp_dirs[-1], "checkpoint"), cfg, nets, opts, done, {
                 "ranks": rngs, "lineage": lineage + [[start_it, done]], "samples_seen": done * samples_per_iter,
-                "world_size": world})
+                "world_size": world, "trainer": "ray"})
             checkpoint = ray.train.Checkpoint.from_directory(str(path))
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # ASYNC: rank 0 uploads in the background and deletes its local copy after; no rank waits for the upload
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
         if tracker is not None:
             tracker.log_metrics(metrics, step=done)
             if is_val:
-                tracker.log_montage(raw(nets.g), done, device)
+                tracker.log_montage(nets.g, done, device)
         sums, n_sum, win_t0, win_it, data_s = {}, 0, time.perf_counter(), done, 0.0
         if steady_t0 is None:
             steady_t0, steady_it = win_t0, done

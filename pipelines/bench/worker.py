@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 
 import psutil
 
+from crfgan.memory import peak_rss_bytes  # noqa: F401 (re-exported: KiB on Linux, bytes on macOS)
+
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def run_case(module: str, case: dict, timeout: float = 3600) -> dict:

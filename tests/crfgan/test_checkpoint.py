@@ -100,3 +100,29 @@ def test_missing_weights_name_the_folder(tmp_path):
     (tmp_path / "x" / "config.json").write_text(json.dumps(load_config("tiny").to_dict()))
     with pytest.raises(FileNotFoundError, match="not a crfgan checkpoint"):
         load_generator(tmp_path / "x")
+
+
+def test_a_class_conditional_checkpoint_renders_each_class(tmp_path):
+    cfg = load_config("tiny", ["model.num_classes=2", "model.class_names=[ct, mri]"])
+    torch.manual_seed(0)
+    nets = build_networks(cfg)
+    opts = build_optimizers(cfg, nets)
+    real = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    for it in range(2):
+        train_step(nets, opts, real, it, cfg, np.random.default_rng(it), labels=torch.tensor([0, 1]))
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts, 2)
+    save_generator(tmp_path / "gen", cfg, nets.g)
+    nets.g.eval()
+    z = torch.randn(1, cfg.model.latent_dim)
+    for source in ("ck", "gen"):
+        g = load_generator(tmp_path / source)
+        assert g.cfg.class_names == ["ct", "mri"]
+        vols = {name: g.render(z, class_index=g.class_index([name])) for name in g.cfg.class_names}
+        for name, vol in vols.items():
+            assert vol.shape == (1, 1, 32, 32, 32)
+            assert torch.equal(vol, nets.g.render(z, class_index=torch.tensor([cfg.model.class_names.index(name)])))
+        assert not torch.equal(vols["ct"], vols["mri"])  # the class changes the volume
+    with pytest.raises(ValueError, match="unknown class 'pet'; valid classes: ct, mri"):
+        g.class_index(["pet"])
+    with pytest.raises(ValueError, match="pass class_index"):
+        g.render(z)

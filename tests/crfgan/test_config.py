@@ -70,9 +70,25 @@ def test_round_trip_through_dict():
 
 def test_crf_node_defaults():
     cfg = Config()
+    assert crf_num_nodes(cfg.model) == 32  # the reference: channel groups, S/4 at 128³
+    cfg.model.crf.nodes = "slabs"
     assert crf_num_nodes(cfg.model) == 8  # one node per rendered sub-volume
-    cfg.model.crf.nodes = "channels"
-    assert crf_num_nodes(cfg.model) == 32  # the reference count at 128³
+
+
+@pytest.mark.parametrize("name", ["ct64", "ct128", "ct256", "ct512", "mri256"])
+def test_paper_presets_train_the_reference_model(name):
+    """The paper presets: CRF nodes as the reference codes them, a fresh G pass per sub-step, the reference sum."""
+    cfg = load_config(name)
+    assert cfg.model.crf.nodes == "channels" and cfg.model.crf.pairwise == "sum"
+    assert cfg.train.share_fakes is False and cfg.model.num_classes == 0
+
+
+def test_class_names_are_a_typed_list_checked_against_num_classes():
+    cfg = load_config("tiny", ["model.num_classes=2", "model.class_names=[ct, mri]"])
+    assert cfg.model.class_names == ["ct", "mri"]
+    assert config_from_dict(cfg.to_dict()).model.class_names == ["ct", "mri"]
+    with pytest.raises(ConfigError, match="model.class_names lists 2 names but model.num_classes=3"):
+        load_config("tiny", ["model.num_classes=3", "model.class_names=[ct, mri]"])
 
 
 def test_data_hash_ignores_training_settings_but_not_data_ones():

@@ -71,3 +71,40 @@ def test_identical_slabs_have_similarity_one():
     a = a[:, :, :1].expand_as(a).contiguous()  # every depth slice equal → every node equal
     sim = crf.similarity(a)
     assert torch.allclose(sim, torch.ones_like(sim), atol=1e-5)
+
+
+def test_under_bf16_autocast_the_crf_runs_in_float32():
+    """Autocast is off inside the CRF: same float32 result as without autocast (``.float()`` alone would not do it:
+    the matmul of the similarity would run in bf16 under autocast)."""
+    crf, a, u = make("channels")
+    with torch.no_grad():
+        crf.W.copy_(torch.randn_like(crf.W))
+    ref = crf(a, u)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = crf(a, u)
+        sim = crf.similarity(a)
+        assert (a @ a.transpose(-1, -2)).dtype == torch.bfloat16  # autocast is really on here
+    assert out.dtype == torch.float32 and sim.dtype == torch.float32
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("nodes", ["channels", "slabs"])
+def test_mean_pairwise_keeps_the_output_scale_as_n_grows_and_sum_does_not(nodes):
+    """With the same weights and node features, ``sum`` grows with N; ``mean`` does not."""
+
+    def pairwise_part(n, mode):
+        cfg = load_config("tiny", ["model.image_size=64", f"model.crf.nodes={nodes}", f"model.crf.num_nodes={n}",
+                                   f"model.crf.pairwise={mode}", "model.crf.iterations=1"])
+        m = cfg.model
+        crf = MeanFieldCRF(m)
+        with torch.no_grad():
+            crf.W.fill_(0.1)
+        a = torch.ones(1, m.emb_channels, m.emb_size, m.emb_size, m.emb_size)  # every node alike: sim = 1
+        u = torch.full((1, 1), 2.0)
+        return float((crf(a, u) - u).detach())  # the pairwise contribution after one iteration
+
+    ns = [2, 4, 8, 16]
+    summed = [pairwise_part(n, "sum") for n in ns]
+    mean = [pairwise_part(n, "mean") for n in ns]
+    assert all(abs(x - mean[0]) < 1e-5 for x in mean), mean
+    assert all(abs(s / summed[0] - n / ns[0]) < 1e-4 for s, n in zip(summed, ns)), summed  # linear in N

@@ -57,3 +57,28 @@ def test_reference_parameter_counts(preset, arch, millions):
 def test_reference_widths_shapes(preset):
     shapes(load_config(preset), "meta")
     shapes(load_config(preset, ["model.arch=hagan"]), "meta")
+
+
+@pytest.mark.parametrize("arch", ["crfgan", "hagan"])
+def test_conditional_networks_take_a_one_hot_class_and_give_class_logits(arch):
+    """HA-GAN's num_class mode: z ⊕ one-hot(K) into G^A's Linear, D^H a K-way class head, D^L 1 + K outputs."""
+    k = 3
+    cfg = load_config("tiny", [f"model.arch={arch}", f"model.num_classes={k}"])
+    m = cfg.model
+    nets = build_networks(cfg)
+    base = build_networks(load_config("tiny", [f"model.arch={arch}"]))
+    assert nets.g.embedding.fc.in_features == m.latent_dim + k
+    z, cls = torch.randn(2, m.latent_dim), torch.tensor([0, 2])
+    x, a = nets.g(z, 0, cls)
+    assert x.shape == (2, 1, 4, 32, 32)
+    assert nets.d(x, 0).shape == (2, 1 + k)
+    extra = nets.param_counts()["d"] - base.param_counts()["d"]
+    assert extra == (m.d_channels // 8 + 1) * k  # the class head: fc(C/8 → K) weights and biases
+    if arch == "hagan":
+        assert nets.d_low(nets.g_low(a)).shape == (2, 1 + k)
+    with pytest.raises(ValueError, match="pass class_index"):
+        nets.g(z, 0)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        nets.g(z, 0, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="unconditional"):
+        base.g(z, 0, cls)

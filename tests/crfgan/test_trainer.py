@@ -49,3 +49,36 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, ct_volume):
 def test_wrong_volume_shape_is_a_clear_error():
     with pytest.raises(AssertionError, match=r"volumes must be \(N, 32, 32, 32\)"):
         train_local(load_config("tiny"), np.zeros((1, 16, 16, 16), np.float32))
+
+
+def test_local_training_uses_a_gpu_only_when_asked(monkeypatch):
+    from crfgan.trainer import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU "present" must not be taken unasked
+    assert select_device(load_config("tiny")).type == "cpu"
+    assert select_device(load_config("tiny", ["train.use_gpu=true"])).type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="train.use_gpu=true but PyTorch sees no CUDA device"):
+        select_device(load_config("tiny", ["train.use_gpu=true"]))
+
+
+def test_a_ray_train_run_folder_is_refused_by_the_local_trainer(tmp_path, ct_volume):
+    run = tmp_path / "run"
+    (run / "checkpoint_2026-11-27_10-00-00.000000").mkdir(parents=True)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="holds a Ray Train run.*without --local"):
+        train_local(load_config("tiny", ["train.iterations=1"]), ct_volume, run, log=lambda s: None)
+
+
+def test_classes_come_from_the_data_and_unknown_values_are_refused():
+    from crfgan.trainer import assign_classes
+
+    assert assign_classes(load_config("tiny"), ["ct", "mri"]) is None  # unconditional
+    cfg = load_config("tiny", ["model.num_classes=2"])
+    assert assign_classes(cfg, ["mri", "ct", "mri"]).tolist() == [1, 0, 1] and cfg.model.class_names == ["ct", "mri"]
+    with pytest.raises(ValueError, match="1 distinct 'modality' values \\(ct\\) but model.num_classes=2"):
+        assign_classes(load_config("tiny", ["model.num_classes=2"]), ["ct", "ct"])
+    named = load_config("tiny", ["model.num_classes=2", "model.class_names=[ct, mri]"])
+    assert assign_classes(named, ["mri"]).tolist() == [1]  # given names may cover classes this data lacks
+    with pytest.raises(ValueError, match="'pet' is not in model.class_names"):
+        assign_classes(named, ["pet"])

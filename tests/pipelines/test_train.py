@@ -141,3 +141,57 @@ def test_hagan_baseline_two_workers_keep_ddp_ranks_in_sync(ray_local, tiny_shard
     assert m["iteration"] == 6 and m["param_divergence"] == 0.0
     assert all(k in m for k in ("d_loss", "g_loss", "e_loss", "e_sub_loss")) and "crf_loss" not in m
     _assert_lineage(summary["state"], 6, samples_per_iter=2 * cfg.train.batch_size)
+
+
+def test_every_epoch_reads_the_train_split_in_a_new_order(ray_local, tiny_shards):  # noqa: F811
+    """Two executions (epochs) of the train dataset: the same items, in different orders."""
+    import hashlib
+
+    from crfgan.config import load_config
+    from crfgan.shards import read_manifest
+    from pipelines.train import _datasets
+
+    ds = _datasets(load_config("tiny"), tiny_shards, read_manifest(tiny_shards), 0.0)["train"]
+
+    def epoch():
+        return [hashlib.sha1(b["volume"][0].tobytes()).hexdigest()[:8]
+                for b in ds.iter_batches(batch_size=1, batch_format="numpy")]
+
+    first, second = epoch(), epoch()
+    assert sorted(first) == sorted(second) and len(set(first)) == 2  # both train volumes, as often each time
+    assert first != second
+
+
+def test_local_checkpoints_are_refused_by_a_ray_run_with_a_clear_message(tiny_shards, tmp_path, capsys):  # noqa: F811
+    from pipelines.cli import main as cli_main
+
+    common = ["train", "--data", tiny_shards, "--config", "tiny", "--storage", str(tmp_path), "--run-name", "mix",
+              "train.iterations=2", "train.log_every=2", "train.checkpoint_every=2", "--no-mlflow"]
+    assert cli_main([*common, "--local"]) == 0
+    assert cli_main(common) == 2
+    assert "holds checkpoints of a --local run (checkpoint_000002); Ray Train cannot resume them" in capsys.readouterr().err
+
+
+def test_torch_backend_is_nccl_on_gpu_workers():
+    from crfgan.config import load_config
+    from pipelines.train import torch_backend
+
+    assert torch_backend(load_config("tiny", ["train.use_gpu=true"])) == "nccl"
+    assert torch_backend(load_config("tiny")) == "gloo"
+
+
+def test_class_conditional_ray_run_learns_ct_and_mri_and_stores_the_names(ray_local, tiny_shards, tmp_path):  # noqa: F811
+    """The train split holds a CT and an MRI volume: model.num_classes=2 takes the class from the modality column."""
+    from crfgan.checkpoint import load_generator
+    from pipelines.train import run_training
+
+    cfg = _tiny(tmp_path, "cond", 4, 1, 2, "model.num_classes=2")
+    summary = run_training(cfg, tiny_shards, mlflow_enabled=False)
+    assert {"d_class", "g_class"} <= set(summary["metrics"]) and summary["metrics"]["iteration"] == 4
+    g = load_generator(summary["checkpoint"])
+    assert g.cfg.class_names == ["ct", "mri"]
+    import torch
+
+    z = torch.randn(1, g.cfg.latent_dim)
+    vols = [g.render(z, class_index=g.class_index([n])) for n in g.cfg.class_names]
+    assert all(v.shape == (1, 1, 32, 32, 32) for v in vols) and not torch.equal(vols[0], vols[1])

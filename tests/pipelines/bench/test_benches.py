@@ -8,20 +8,31 @@ import pytest
 from pipelines.bench import render, train_step
 
 
-def test_train_step_bench_reports_every_arch_and_the_ratios(tmp_path, capsys):
+def test_train_step_bench_compares_like_for_like_and_labels_the_rest(tmp_path, capsys):
     out = tmp_path / "ts.json"
-    args = SimpleNamespace(size="32", batch=2, arch="crfgan,hagan", variants="shared,reference-seq", iters=1,
-                           device="cpu", amp="none", checkpointing=False, json=str(out))
+    args = SimpleNamespace(size="32", batch=2, arch="crfgan,hagan", variants="reference,shared", iters=1,
+                           device="cpu", amp="none", checkpointing=True, json=str(out))
     train_step.run(args)
     doc = json.loads(out.read_text())
     rows = doc["rows"]
-    assert [(r["arch"], r["variant"]) for r in rows] == [("crfgan", "shared"), ("crfgan", "reference-seq"),
-                                                         ("hagan", "reference-seq")]
+    cases = [(r["arch"], r["variant"], r["options"]) for r in rows]
+    assert cases == [(a, v, o) for o in ("fp32", "fp32+ckpt") for v in ("reference", "shared") for a in ("crfgan", "hagan")]
     assert all(r["s_per_iter"] > 0 and r["peak_mb"] > 0 and r["peak_rss_mb"] >= r["peak_mb"] for r in rows)
-    assert rows[0]["params_m"] < rows[2]["params_m"]  # HA-GAN carries G^L, D^L and E^G on top
-    names = {r["ratio"] for r in doc["ratios"]}
-    assert "crfgan/hagan peak memory" in names and "crfgan reference-seq/shared s per iter (speed-up)" in names
-    assert "| crfgan" in capsys.readouterr().out
+    assert rows[0]["params_m"] < rows[1]["params_m"]  # HA-GAN carries G^L, D^L and E^G on top
+    ratios = {r["compares"]: r for r in doc["ratios"]}
+    assert set(ratios) == {
+        "crfgan vs hagan, both reference fp32 (like for like)", "crfgan vs hagan, both shared fp32 (like for like)",
+        "crfgan vs hagan, both reference fp32+ckpt (like for like)", "crfgan vs hagan, both shared fp32+ckpt (like for like)",
+        "crfgan shared vs reference, fp32 (algorithm change)", "crfgan shared vs reference, fp32+ckpt (algorithm change)",
+        "hagan shared vs reference, fp32 (algorithm change)", "hagan shared vs reference, fp32+ckpt (algorithm change)",
+        "crfgan reference: fp32+ckpt vs fp32 (same step)", "crfgan shared: fp32+ckpt vs fp32 (same step)",
+        "hagan reference: fp32+ckpt vs fp32 (same step)", "hagan shared: fp32+ckpt vs fp32 (same step)",
+        "crfgan reference fp32+ckpt vs hagan reference fp32 (different options)"}
+    like = ratios["crfgan vs hagan, both reference fp32 (like for like)"]
+    c, h = rows[0], rows[1]
+    assert like["speed_up"] == h["s_per_iter"] / c["s_per_iter"] and like["peak_mem_ratio"] == c["peak_mb"] / h["peak_mb"]
+    printed = capsys.readouterr().out
+    assert "| crfgan" in printed and "published" not in printed  # only what this run measured
 
 
 def test_render_bench_tiled_matches_one_pass_with_less_memory(tmp_path):
