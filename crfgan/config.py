@@ -120,6 +120,12 @@ class SynthConfig:
     slab_embedding_slices: int = 0  # embedding slices per tile before the halo; 0: E/16 (2 at 128³, 4 at 256³)
     halo: int = 1  # embedding slices of context on each side (G^H's receptive field needs 1)
     norm_stats: str = "global"  # global: equals the one-pass render; slab: per-tile GroupNorm statistics
+    # crfgan synthesize: a Ray Data actor pool, each actor renders and writes one volume at a time
+    actors: int = 0  # 0: one per GPU share when the cluster has GPUs, else one per cpus_per_actor CPUs
+    cpus_per_actor: float = 1.0  # CPUs (and torch threads) per actor
+    gpus_per_actor: float = 1.0  # GPU share per actor where GPUs exist; a fraction (0.5) puts several actors on one
+    gzip: str = "isal"  # isal | zlib | zlib-ng: the gzip implementation for .nii.gz (crfgan bench synthesize)
+    gzip_level: int = 2  # isal 0-3, zlib/zlib-ng 1-9
 
 
 @dataclass
@@ -209,6 +215,12 @@ class Config:
         _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.synth.norm_stats in ("global", "slab"), "synth.norm_stats", "must be global or slab")
         _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 0, "synth.halo", "halo and slab must be >= 0")
+        sy = self.synth
+        _check(sy.gzip in ("isal", "zlib", "zlib-ng"), "synth.gzip", f"must be isal, zlib or zlib-ng, got {sy.gzip!r}")
+        _check(0 <= sy.gzip_level <= (3 if sy.gzip == "isal" else 9), "synth.gzip_level",
+               f"must be 0-3 for isal, 0-9 for zlib/zlib-ng, got {sy.gzip_level}")
+        _check(sy.actors >= 0 and sy.cpus_per_actor > 0 and 0 < sy.gpus_per_actor <= 1, "synth.actors",
+               "actors must be >= 0, cpus_per_actor > 0 and 0 < gpus_per_actor <= 1")
         _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
         _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
         _check(self.data.task_retries >= 0, "data.task_retries", f"must be >= 0, got {self.data.task_retries}")
