@@ -45,6 +45,19 @@ def _registry_version(client, name: str, alias: str | None, version: str | None,
     return client.get_model_version(name, version)
 
 
+def _generator_dir(model_dir: Path) -> Path | None:
+    """The pyfunc's ``generator`` artifact folder, as the MLmodel file (YAML) names it."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        rel = mlmodel["flavors"]["python_function"]["artifacts"]["generator"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    gen = model_dir / rel
+    return gen if gen.is_dir() else None
+
+
 def fetch_model(uri: str, tracking_uri: str | None = None) -> dict:
     """``{"files": {name: bytes}, "name", "version", "alias", "run_id", "uri"}`` for a model URI or folder."""
     from crfgan.checkpoint import generator_files
@@ -75,8 +88,8 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="crfgan-model-") as d:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=d,
                                                     tracking_uri=tracking, registry_uri=tracking)
-        gen = Path(local) / "artifacts" / "generator"
-        if not gen.is_dir():
-            raise ModelNotFound(f"{uri} (version {mv.version}) holds no crfgan generator (artifacts/generator)")
+        gen = _generator_dir(Path(local))
+        if gen is None:
+            raise ModelNotFound(f"{uri} (version {mv.version}) holds no crfgan generator (no generator artifact in its MLmodel)")
         files = generator_files(gen)
     return {"files": files, "name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id, "uri": uri}
