@@ -34,7 +34,7 @@ import numpy as np
 from pipelines.args import add_config_arguments
 
 PREFIX = "synthetic_"
-ROW_KEYS = ("index", "status", "render_s", "encode_s", "write_s", "bytes", "peak_rss_mb", "error")
+ROW_KEYS = ("index", "status", "t_start", "t_end", "render_s", "encode_s", "write_s", "bytes", "peak_rss_mb", "error")
 
 
 def volume_name(index: int, fmt: str) -> str:
@@ -77,7 +77,7 @@ class SynthActor:
         from crfgan.storage import exists, join, write_bytes_atomic
         from crfgan.synth import sidecar, volume_seed
 
-        row = dict.fromkeys(ROW_KEYS, 0.0) | {"index": index, "status": "skipped", "error": ""}
+        row = dict.fromkeys(ROW_KEYS, 0.0) | {"index": index, "status": "skipped", "error": "", "t_start": time.time()}
         path = join(self.root, volume_name(index, self.fmt))
         try:
             if not exists(self.fs, path):  # a rerun (or a retried task) never rewrites a finished volume
@@ -94,6 +94,7 @@ class SynthActor:
         except Exception as e:  # noqa: BLE001 — one failed volume never stops the job; it is counted and listed
             row |= {"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]}
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        row["t_end"] = time.time()
         return row
 
 
@@ -204,6 +205,8 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
         "failures": [{"index": r["index"], "error": r["error"]} for r in failed],
         "elapsed_s": round(elapsed, 3), "volumes_per_min": round(60 * len(written) / elapsed, 3) if elapsed else 0.0,
         "seconds": {k: round(sum(r[k] for r in written), 3) for k in ("render_s", "encode_s", "write_s")},
+        # from the first volume's start to the last one's end: the job without model load and actor start-up
+        "steady_s": round(max(r["t_end"] for r in written) - min(r["t_start"] for r in written), 3) if written else 0.0,
         "bytes_written": int(sum(r["bytes"] for r in written)),
         "actors": actors, "device": "gpu" if use_gpu else "cpu",
         "actor_peak_rss_mb": max((r["peak_rss_mb"] for r in rows), default=0.0),
