@@ -50,6 +50,11 @@ def registered(mlflow_server, tmp_path_factory):  # noqa: F811
     cfg = load_generator(gdir).config
     name, version = register_generator(mlflow_server, run.info.run_id, cfg, str(gdir), {"data_manifest_hash": "h1"})
     client.set_registered_model_alias(name, "champion", version)
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    recorded = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata["synthesis"]
+    assert recorded == load_generator(gdir).metadata and recorded["spacing_zyx_mm"] == SPACING  # readable without loading
     return {"name": name, "version": version, "run_id": run.info.run_id, "gdir": gdir}
 
 
