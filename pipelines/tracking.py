@@ -207,8 +207,8 @@ except ImportError:  # mlflow is optional for the rest of this module
 class GeneratorModel(_Base):
     """predict(seeds) → volumes (B, S, S, S) float32 in [-1, 1]; seeds: ints, a 1-D array or a frame with ``seed``.
 
-    ``params={"physical": True}``: the values a written file holds instead (HU for CT, the recorded range otherwise;
-    ``crfgan.synth``). Rendering is ``crfgan.synth``'s, as in ``crfgan synthesize``.
+    Rendering is ``crfgan.synth``'s, as in ``crfgan synthesize``; ``crfgan.synth.to_stored`` with the model's
+    ``metadata.json`` (``self.g.metadata``) maps the values to what a written file holds (HU for CT).
     """
 
     def load_context(self, context):
@@ -218,19 +218,12 @@ class GeneratorModel(_Base):
         self.cfg = self.g.config
 
     def predict(self, context, model_input, params=None):
-        from crfgan.synth import generator_metadata, physical, render_volumes, to_stored
-
         if hasattr(model_input, "columns"):
             seeds = model_input["seed"] if "seed" in model_input.columns else model_input.iloc[:, 0]
         else:
             seeds = model_input
         seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
-        vols = render_volumes(self.g, self.cfg, seeds)
-        if (params or {}).get("physical"):
-            meta = self.g.metadata or generator_metadata(self.cfg)
-            q, si = to_stored(vols, meta)
-            vols = physical(q, si).astype(np.float32)
-        return vols
+        return render_volumes(self.g, self.cfg, seeds)
 
 
 # ------------------------------------------------------------------------------------------------ worker side
