@@ -66,14 +66,13 @@ class SynthActor:
         self.meta, self.model, self.fmt, self.job_seed = meta, model, fmt, job_seed
         self.class_name, self.class_index = class_name, class_index
         self.fs, self.root = filesystem(out, endpoint)
+        _reset_peak_rss()  # the peak reported per volume is then the rendering's, not the model load's
 
     def __call__(self, batch: dict) -> dict:
         rows = [self.one(int(i)) for i in batch["index"]]
         return {k: np.array([r[k] for r in rows]) for k in ROW_KEYS}
 
     def one(self, index: int) -> dict:
-        import resource
-
         from crfgan.storage import exists, join, write_bytes_atomic
         from crfgan.synth import sidecar, volume_seed
 
@@ -93,9 +92,33 @@ class SynthActor:
                         "write_s": time.perf_counter() - t0, "bytes": float(len(r.data))}
         except Exception as e:  # noqa: BLE001 — one failed volume never stops the job; it is counted and listed
             row |= {"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]}
-        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        row["peak_rss_mb"] = _peak_rss_mb()
         row["t_end"] = time.time()
         return row
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: reset this process's peak RSS (VmHWM) by writing 5 to /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS since the last reset (Linux VmHWM), else the process's lifetime peak (getrusage)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _present(fs, root: str, fmt: str) -> set[int]:
