@@ -34,7 +34,10 @@ def _export(size: int, folder: Path) -> Path:
     from crfgan.generator import Generator
     from crfgan.synth import generator_metadata
 
-    cfg = load_config(f"ct{size}")
+    from crfgan.config import preset_names
+
+    # reference widths where a preset exists (ct64, ct128, ct256, ct512); other sizes: tiny widths (tests)
+    cfg = load_config(f"ct{size}") if f"ct{size}" in preset_names() else load_config("tiny", [f"model.image_size={size}"])
     torch.manual_seed(0)
     return save_generator(folder / f"ct{size}", cfg, Generator(cfg.model), {}, generator_metadata(cfg, [1.0] * 3, ["ct"]))
 
