@@ -38,6 +38,7 @@ bench: install
 	$(CRFGAN) bench render --json $(BENCH_OUT)/render.json
 	$(CRFGAN) bench preprocess --json $(BENCH_OUT)/preprocess.json
 	$(CRFGAN) bench train --json $(BENCH_OUT)/train.json
+	$(CRFGAN) bench synthesize --json $(BENCH_OUT)/synthesize.json
 
 lint: install
 	$(VENV)/bin/ruff check crfgan pipelines tests

@@ -5,7 +5,8 @@ A checkpoint folder holds
   ``config.json``            the config tree that built the networks
   ``optimizers.safetensors`` + ``optimizers.json``  optimizer tensors / their structure (for resume)
   ``state.json``             iteration, RNG states, extra metadata
-A generator-only export (``save_generator``) holds ``generator.safetensors`` + ``config.json``.
+A generator-only export (``save_generator``) holds ``generator.safetensors`` + ``config.json`` + ``metadata.json``
+(what synthesis needs to write a correct file: spacing, orientation, intensity mapping…; see ``crfgan.synth``).
 Loading uses ``safetensors.torch.load_file`` and ``json``: nothing is ever unpickled.
 """
 
@@ -25,6 +26,7 @@ from .models import Networks, Optimizers, build_networks
 from .storage import atomic_local_dir
 
 GENERATOR_FILE = "generator.safetensors"
+METADATA_FILE = "metadata.json"  # crfgan.synth.METADATA_FILE
 
 
 def _contiguous(sd: dict) -> dict:
@@ -115,28 +117,55 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", nets: 
     return cfg, nets, state
 
 
-def save_generator(path: str | Path, cfg: Config, g: Generator, metadata: dict | None = None) -> Path:
-    """Export only the generator (what synthesis needs): ``generator.safetensors`` + ``config.json``."""
+def save_generator(path: str | Path, cfg: Config, g: Generator, metadata: dict | None = None,
+                   synthesis: dict | None = None) -> Path:
+    """Export only the generator (what synthesis needs): ``generator.safetensors`` + ``config.json``, and
+    ``metadata.json`` from ``synthesis`` (``crfgan.synth.generator_metadata``) when given."""
     path = Path(path)
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     with atomic_local_dir(path) as d:
         save_file(_contiguous(getattr(g, "module", g).state_dict()), Path(d) / GENERATOR_FILE, metadata=meta)
         (Path(d) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if synthesis is not None:
+            (Path(d) / METADATA_FILE).write_text(json.dumps(synthesis, indent=2))
     return path
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A generator ready for ``render(z)`` from a generator export or a full training checkpoint."""
+def generator_files(path: str | Path) -> dict[str, bytes]:
+    """The files ``load_generator_files`` needs, as bytes (to ship a model to workers that cannot see ``path``)."""
     path = Path(path)
-    cfg = config_from_dict(json.loads((path / "config.json").read_text()))
+    names = [GENERATOR_FILE if (path / GENERATOR_FILE).exists() else "weights.safetensors", "config.json"]
+    names += [METADATA_FILE] if (path / METADATA_FILE).exists() else []
+    for n in names:
+        if not (path / n).is_file():
+            raise FileNotFoundError(f"{path}: no {n} (not a crfgan checkpoint or generator export)")
+    return {n: (path / n).read_bytes() for n in names}
+
+
+def load_generator_files(files: dict[str, bytes], device: str | torch.device = "cpu", where: str = "<model>") -> Generator:
+    """``load_generator`` from in-memory files (``generator_files``); ``g.metadata`` is None without metadata.json."""
+    from safetensors.torch import load as load_bytes
+
+    cfg = config_from_dict(json.loads(files["config.json"]))
     g = Generator(cfg.model)
-    if (path / GENERATOR_FILE).exists():
-        sd = load_file(str(path / GENERATOR_FILE), device=str(device))
-    elif (path / "weights.safetensors").exists():
-        sd = {k[2:]: v for k, v in load_file(str(path / "weights.safetensors"), device=str(device)).items()
-              if k.startswith("g.")}
+    if GENERATOR_FILE in files:
+        sd = load_bytes(files[GENERATOR_FILE])
+    elif "weights.safetensors" in files:
+        sd = {k[2:]: v for k, v in load_bytes(files["weights.safetensors"]).items() if k.startswith("g.")}
     else:
-        raise FileNotFoundError(f"{path}: no {GENERATOR_FILE} or weights.safetensors (not a crfgan checkpoint)")
+        raise FileNotFoundError(f"{where}: no {GENERATOR_FILE} or weights.safetensors (not a crfgan checkpoint)")
     g.load_state_dict(sd)
     g.config = cfg
+    g.metadata = json.loads(files[METADATA_FILE]) if METADATA_FILE in files else None
     return g.to(device).eval()
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """A generator ready for ``render(z)`` from a generator export or a full training checkpoint.
+
+    ``g.config`` is its config; ``g.metadata`` the synthesis metadata (None for a folder without metadata.json).
+    """
+    path = Path(path)
+    if not (path / GENERATOR_FILE).exists() and not (path / "weights.safetensors").exists():
+        raise FileNotFoundError(f"{path}: no {GENERATOR_FILE} or weights.safetensors (not a crfgan checkpoint)")
+    return load_generator_files(generator_files(path), device, where=str(path))

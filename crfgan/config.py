@@ -132,6 +132,12 @@ class SynthConfig:
     halo: int = 1  # embedding slices of context on each side (G^H's receptive field needs 1)
     norm_stats: str = "global"  # global: equals the one-pass render; train: each sub-volume rendered exactly as in
     # training (E/8 embedding slices, no halo, its own GroupNorm statistics); slab: per-tile statistics on the tiles above
+    # crfgan synthesize: a Ray Data actor pool, each actor renders and writes one volume at a time
+    actors: int = 0  # 0: one per GPU share when the cluster has GPUs, else one per cpus_per_actor CPUs
+    cpus_per_actor: float = 1.0  # CPUs (and torch threads) per actor
+    gpus_per_actor: float = 1.0  # GPU share per actor where GPUs exist; a fraction (0.5) puts several actors on one
+    gzip: str = "isal"  # isal | zlib | zlib-ng: the gzip implementation for .nii.gz (crfgan bench synthesize)
+    gzip_level: int = 2  # isal 0-3, zlib/zlib-ng 1-9
 
 
 @dataclass
@@ -256,6 +262,11 @@ class Config:
         _check(sy.halo >= 0, "synth.halo", f"must be >= 0, got {sy.halo}")
         _check(sy.slab_embedding_slices >= 0, "synth.slab_embedding_slices",
                f"must be >= 0 (0: E/16), got {sy.slab_embedding_slices}")
+        _check(sy.gzip in ("isal", "zlib", "zlib-ng"), "synth.gzip", f"must be isal, zlib or zlib-ng, got {sy.gzip!r}")
+        _check(0 <= sy.gzip_level <= (3 if sy.gzip == "isal" else 9), "synth.gzip_level",
+               f"must be 0-3 for isal, 0-9 for zlib/zlib-ng, got {sy.gzip_level}")
+        _check(sy.actors >= 0 and sy.cpus_per_actor > 0 and 0 < sy.gpus_per_actor <= 1, "synth.actors",
+               "actors must be >= 0, cpus_per_actor > 0 and 0 < gpus_per_actor <= 1")
 
         tu = self.tune
         for key in ("num_samples", "max_concurrent_trials", "grace_period"):

@@ -14,6 +14,7 @@ import sys
 STAGES = {
     "preprocess": ("pipelines.preprocess", "CT/MRI scans or archives (local or s3://) → Parquet shards (Ray Data)"),
     "train": ("pipelines.train", "train CRF-GAN or the HA-GAN baseline (Ray Train, or --local in one process)"),
+    "synthesize": ("pipelines.synthesize", "bulk synthetic volumes from models:/NAME@ALIAS or a checkpoint (Ray Data)"),
     "demo": ("pipelines.demo", "end-to-end run on the shipped real scans (local Ray, local files)"),
     "config": ("pipelines.show_config", "print a resolved config (preset + overrides) as YAML"),
 }
@@ -24,6 +25,7 @@ BENCHES = {
     "render": ("pipelines.bench.render", "halo-tiled vs one-pass full-volume render: error, memory, time"),
     "preprocess": ("pipelines.bench.preprocess", "Ray Data preprocessing vs a single-process loop"),
     "train": ("pipelines.bench.train", "Ray Train scaling and overhead vs the single-process trainer"),
+    "synthesize": ("pipelines.bench.synthesize", "synthesis volumes/min at 64³/128³ with 1 and 2 actors; render vs write"),
 }
 
 

@@ -5,14 +5,13 @@
    training sees every shipped scan and ``val_l1`` is measured on volumes it never trains on;
 2. train the ``tiny`` CRF-GAN on those shards with Ray Train (one worker), tracked in MLflow (a local sqlite file),
    which registers the generator with the alias ``candidate``;
-3. load ``models:/<name>@candidate`` back from the MLflow registry, render synthetic volumes with the halo-tiled
-   renderer, and write them as NIfTI (spacing of the training data) with a JSON provenance sidecar.
+3. render synthetic volumes from ``models:/<name>@candidate`` with the ``crfgan synthesize`` job (Ray Data actors,
+   halo-tiled renderer): NIfTI with the spacing and intensity mapping the model recorded, a JSON sidecar each.
 Everything goes under ``--out`` (default ``outputs/demo``); it finishes in a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -73,41 +72,9 @@ def add_arguments(p) -> None:
     add_config_arguments(p, default="tiny")
 
 
-def synthesize(model: tuple[str, str], tracking_uri: str, run_id: str, out_dir: Path, n: int, seed: int, spacing,
-               cfg) -> list[Path]:
-    """Render ``n`` volumes from a registered model and write ``synthetic_XXX.nii.gz`` + ``.json`` sidecars."""
-    import mlflow
-    import numpy as np
-
-    import crfgan
-    from crfgan.io import write_nifti
-    from crfgan.storage import write_text_atomic
-
-    name, version = model
-    mlflow.set_tracking_uri(tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
-    seeds = np.arange(seed, seed + n)
-    volumes = pyfunc.predict(seeds)  # (n, S, S, S) in [-1, 1]
-    s = cfg.synth
-    written = []
-    for i, (sd, vol) in enumerate(zip(seeds, volumes)):
-        path = out_dir / f"synthetic_{i:03d}.nii.gz"
-        write_nifti(vol, spacing, path)
-        sidecar = {"model": name, "version": version, "alias": "candidate", "run_id": run_id, "seed": int(sd),
-                   "config_hash": cfg.hash(), "package_version": crfgan.__version__, "spacing_zyx_mm": list(spacing),
-                   "render": {"tiled": s.tiled, "slab": s.slab_embedding_slices, "halo": s.halo,
-                              "norm_stats": s.norm_stats}}
-        write_text_atomic(path.parent / f"synthetic_{i:03d}.json", json.dumps(sidecar, indent=2))
-        written.append(path)
-    return written
-
-
 def main(args) -> int:
-    import numpy as np
-
-    from crfgan.shards import read_volumes
-
     from . import preprocess
+    from .synthesize import run_job
     from .train import run_training
 
     cfg = config_from_args(args)
@@ -125,7 +92,6 @@ def main(args) -> int:
     manifest = preprocess.run(scans + held_out_crops(scans, out / "heldout"), str(out / "shards"), cfg)
     print(f"      {manifest['volumes_ok']} volumes ok ({manifest['counts']['split']}), {manifest['volumes_failed']} "
           f"failed", flush=True)
-    spacing = tuple(np.mean([r["spacing"] for r in read_volumes(str(out / "shards"), split=None)], axis=0))
 
     print(f"[2/3] training {cfg.model.arch} ({cfg.name}, {cfg.model.image_size}³) for {cfg.train.iterations} "
           f"iterations with Ray Train ({cfg.train.num_workers} worker), tracked in MLflow", flush=True)
@@ -137,9 +103,11 @@ def main(args) -> int:
     name, version = summary["model"]
     print(f"[3/3] rendering {args.volumes} synthetic volumes from models:/{name}@candidate (version {version})",
           flush=True)
-    (out / "synthetic").mkdir(parents=True, exist_ok=True)
-    paths = synthesize(summary["model"], summary["tracking_uri"], summary["run_id"], out / "synthetic", args.volumes,
-                       cfg.synth.seed, spacing, cfg)
+    job = run_job(f"models:/{name}@candidate", args.volumes, str(out / "synthetic"), cfg, seed=cfg.synth.seed,
+                  tracking_uri=summary["tracking_uri"])
+    paths = sorted((out / "synthetic").glob("synthetic_*.nii.gz"))
+    if job["counts"]["failed"]:
+        return 1
     metrics = summary["metrics"]
     print(f"\ndone in {time.perf_counter() - t0:.0f} s")
     print(f"  shards:     {out / 'shards'} (manifest.json, errors.parquet)")

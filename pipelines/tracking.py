@@ -91,23 +91,11 @@ def montage(volumes: np.ndarray):
     return Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
 
 
-def seeds_to_z(seeds, latent_dim: int):
-    """One latent per integer seed, the same on every machine (torch's CPU generator)."""
-    import torch
-
-    zs = [torch.randn(1, latent_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.cat(zs)  # (B, L)
-
-
 def render_volumes(g, cfg, seeds, device="cpu", class_index=None) -> np.ndarray:
-    import torch
+    """Seeds → (B, S, S, S) in [-1, 1]: ``crfgan.synth.render_volumes`` (montages, the pyfunc)."""
+    from crfgan.synth import render_volumes as render
 
-    sy = cfg.synth
-    with torch.no_grad():
-        z = seeds_to_z(seeds, cfg.model.latent_dim).to(device)
-        vol = g.render(z, class_index=class_index, tiled=sy.tiled, slab=sy.slab_embedding_slices, halo=sy.halo,
-                       norm_stats=sy.norm_stats)
-    return vol[:, 0].float().cpu().numpy()  # (B, S, S, S)
+    return render(g, cfg, seeds, device, class_index=class_index)
 
 
 # ------------------------------------------------------------------------------------------------ driver side
@@ -188,6 +176,8 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
 
     mlflow.set_tracking_uri(uri)
     name = cfg.mlflow.registered_model
+    meta_path = Path(generator_dir) / "metadata.json"  # the synthesis metadata, also readable from the MLmodel file
+    synthesis = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     with tempfile.TemporaryDirectory() as d:
         code = Path(d) / "crfgan_generator_model.py"
         code.write_text(MODEL_CODE)
@@ -197,7 +187,7 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
                 name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
                 code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
                 metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
-                          "class_names": list(cfg.model.class_names)})
+                          "class_names": list(cfg.model.class_names), "synthesis": synthesis})
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     for k, v in tags.items():
@@ -217,7 +207,11 @@ except ImportError:  # mlflow is optional for the rest of this module
 
 class GeneratorModel(_Base):
     """predict(seeds) → volumes (B, S, S, S) float32 in [-1, 1]; seeds: ints, a 1-D array or a frame with ``seed``
-    (and, for a class-conditional model, ``class``: a name from ``model.class_names`` per row)."""
+    (and, for a class-conditional model, ``class``: a name from ``model.class_names`` per row).
+
+    Rendering is ``crfgan.synth``'s, as in ``crfgan synthesize``; ``crfgan.synth.to_stored`` with the model's
+    ``metadata.json`` (``self.g.metadata``) maps the values to what a written file holds (HU for CT).
+    """
 
     def load_context(self, context):
         from crfgan.checkpoint import load_generator

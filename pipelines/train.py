@@ -220,14 +220,17 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
         import json
 
         from crfgan.checkpoint import load_generator, save_generator
+        from crfgan.synth import metadata_from_shards
 
         with result.checkpoint.as_directory() as d:
             summary["state"] = json.loads((Path(d) / "state.json").read_text())
             if mlflow_enabled and register:
                 with tempfile.TemporaryDirectory() as tmp:
                     g = load_generator(d)
+                    meta = metadata_from_shards(cfg, data_uri, manifest, tracking.manifest_hash(manifest),
+                                                cfg.data.s3_endpoint)
                     gdir = save_generator(Path(tmp) / "generator", cfg, g,
-                                          {"iterations": summary["state"]["iteration"], "mlflow_run_id": run_id})
+                                          {"iterations": summary["state"]["iteration"], "mlflow_run_id": run_id}, meta)
                     tags = {"data_manifest_hash": tracking.manifest_hash(manifest), "git_commit": tracking.git_commit(),
                             "iterations": summary["state"]["iteration"], "config_hash": cfg.hash()}
                     summary["model"] = tracking.register_generator(uri, run_id, cfg, str(gdir), tags)

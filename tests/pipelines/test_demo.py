@@ -23,14 +23,20 @@ def test_demo_runs_end_to_end_on_the_shipped_scans(tmp_path, ray_local, capsys):
     printed = capsys.readouterr().out
     assert "What these samples can and cannot show" in printed and "20\n    iterations on 2 volumes" in printed
     assert (tmp_path / "runs" / "mlflow.db").is_file()  # embedded MLflow default: sqlite under the storage folder
+    from crfgan.synth import volume_seed
+
     for i in range(2):
-        img = nib.load(tmp_path / "synthetic" / f"synthetic_{i:03d}.nii.gz")
-        vol = np.asarray(img.dataobj)
-        assert vol.shape == (32, 32, 32) and np.isfinite(vol).all() and vol.min() >= -1 and vol.max() <= 1
+        img = nib.load(tmp_path / "synthetic" / f"synthetic_{i:06d}.nii.gz")
+        vol = img.get_fdata()  # trained on CT and MRI together: the model's normalised range, int16 + scl_slope
+        assert vol.shape == (32, 32, 32) and np.isfinite(vol).all() and vol.min() >= -1 - 1e-6 and vol.max() <= 1 + 1e-6
+        assert img.get_data_dtype() == np.int16 and nib.aff2axcodes(img.affine) == ("R", "A", "S")
         assert np.all(np.diag(img.affine)[:3] > 0)  # a real affine with the training spacing
-        side = json.loads((tmp_path / "synthetic" / f"synthetic_{i:03d}.json").read_text())
-        assert side["seed"] == i and side["render"]["norm_stats"] == "global"
+        side = json.loads((tmp_path / "synthetic" / f"synthetic_{i:06d}.json").read_text())
+        assert side["index"] == i and side["seed"] == volume_seed(0, i) and side["render"]["norm_stats"] == "global"
         assert side["model"] == "crfgan-generator" and side["version"] == "1" and side["run_id"]
-    a = np.asarray(nib.load(tmp_path / "synthetic" / "synthetic_000.nii.gz").dataobj)
-    b = np.asarray(nib.load(tmp_path / "synthetic" / "synthetic_001.nii.gz").dataobj)
+        assert side["modality"] == "mixed" and side["spacing_zyx_mm"] == list(img.header.get_zooms()[::-1])
+    job = json.loads((tmp_path / "synthetic" / "manifest.json").read_text())
+    assert job["counts"] == {"written": 2, "skipped": 0, "failed": 0, "present": 2}
+    a = np.asarray(nib.load(tmp_path / "synthetic" / "synthetic_000000.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "synthetic" / "synthetic_000001.nii.gz").dataobj)
     assert not np.array_equal(a, b)  # different seeds, different volumes
