@@ -112,3 +112,23 @@ def test_evaluate_missing_input_is_a_clear_error(tmp_path, capsys):
                    str(tmp_path / "r"), "--config", "tiny"])
     assert rc == 2 and "nope does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_nifti_set_from_an_s3_prefix(s3_server, tmp_path):
+    """NIfTI volumes and their sidecars under an s3:// prefix (the loopback S3 endpoint), read onto [-1, 1]."""
+    import boto3
+
+    from crfgan.config import load_config
+    from crfgan.metrics.sets import load_set
+
+    cfg = load_config("tiny")
+    vols, hu_dir, _ = _write_sets(tmp_path, cfg)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="synth")
+    for p in hu_dir.iterdir():
+        s3.upload_file(str(p), "synth", f"job/{p.name}")
+    logs = []
+    st = load_set("s3://synth/job", "s3set", cfg, log=logs.append)
+    assert st.volumes.shape == (4, 32, 32, 32) and st.modality == "ct"
+    assert np.abs(st.volumes - vols).max() < 2.0 / (cfg.data.ct_window[1] - cfg.data.ct_window[0]) + 1e-4
+    assert st.files[0].startswith("s3://synth/job/") and "broken.nii.gz" in st.errors[0]["file"]
