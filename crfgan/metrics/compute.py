@@ -91,7 +91,9 @@ def compare(real: dict, syn: dict, modality: str, window, ms_real: float, ms_syn
     if "features" in real and "features" in syn:
         fr, fs = real["features"], syn["features"]
         m["fd_ssl"] = D.frechet_distance(fr, fs)
-        m["kid_ssl"], m["kid_ssl_std"] = D.kid(fr, fs, subsets=kid_subsets)
+        # subsets of half the smaller set (at most 1000): with whole sets every subset would be the same
+        m["kid_ssl"], m["kid_ssl_std"] = D.kid(fr, fs, subsets=kid_subsets,
+                                               subset_size=min(1000, max(2, min(len(fr), len(fs)) // 2)))
         m["mmd_ssl"] = D.mmd_gaussian(fr, fs)
     m["spectrum_dist"] = P.spectrum_distance_from(real["spectrum"], syn["spectrum"])
     m["hist_w1_hu" if modality == "ct" else "hist_w1"] = _hist_w1(real["hist"], syn["hist"], modality, window)
