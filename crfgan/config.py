@@ -124,11 +124,14 @@ class SynthConfig:
 
 @dataclass
 class TuneConfig:
-    num_samples: int = 4
-    max_concurrent_trials: int = 1
-    metric: str = "val_l1"
+    num_samples: int = 4  # trials drawn from the space (grid search: repetitions of the whole grid)
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold (trial driver + its workers each)
+    metric: str = "val_l1"  # used when the space file names none
     mode: str = "min"
-    grace_period: int = 1
+    grace_period: int = 0  # ASHA: training iterations before a trial can be stopped; 0: train.val_every
+    reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
+    search: str = "random"  # random | grid (every choice becomes a grid axis; ranges are still sampled)
+    driver_cpus: float = 1.0  # CPUs of each trial's driver (the Tune function that runs the TorchTrainer)
 
 
 @dataclass
@@ -212,6 +215,14 @@ class Config:
         _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
         _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
         _check(self.data.task_retries >= 0, "data.task_retries", f"must be >= 0, got {self.data.task_retries}")
+        tu = self.tune
+        _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
+        _check(tu.search in ("random", "grid"), "tune.search", f"must be random or grid, got {tu.search!r}")
+        _check(tu.num_samples >= 1, "tune.num_samples", "must be >= 1")
+        _check(tu.max_concurrent_trials >= 0 and tu.grace_period >= 0, "tune.grace_period",
+               "grace_period and max_concurrent_trials must be >= 0")
+        _check(tu.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(tu.driver_cpus >= 0, "tune.driver_cpus", "must be >= 0")
         return self
 
 

@@ -14,6 +14,7 @@ import sys
 STAGES = {
     "preprocess": ("pipelines.preprocess", "CT/MRI scans or archives (local or s3://) → Parquet shards (Ray Data)"),
     "train": ("pipelines.train", "train CRF-GAN or the HA-GAN baseline (Ray Train, or --local in one process)"),
+    "tune": ("pipelines.tune", "hyperparameter sweep of training (Ray Tune, ASHA, MLflow parent/child runs)"),
     "demo": ("pipelines.demo", "end-to-end run on the shipped real scans (local Ray, local files)"),
     "config": ("pipelines.show_config", "print a resolved config (preset + overrides) as YAML"),
 }
