@@ -137,6 +137,14 @@ class TuneConfig:
 @dataclass
 class EvalConfig:
     num_volumes: int = 4
+    quick_volumes: int = 8  # volumes rendered for fd_ssl_quick at every train.val_every (0: score off)
+    ssl_steps: int = 100  # SimCLR steps of the SSL feature extractor (crfgan.metrics.features)
+    ssl_batch: int = 16  # regions per SSL step (two views each)
+    ssl_width: int = 8  # extractor width w: features are 2 * 4w values
+    ssl_seed: int = 0
+    ssl_max_volumes: int = 64  # real training volumes the extractor trains on (and whose features are cached)
+    med3d_weights: str = ""  # MedicalNet ResNet-50 weights (safetensors); empty: fid_med3d/mmd_med3d skipped
+    med3d_sha256: str = ""  # the weights' expected SHA-256 (required with med3d_weights)
 
 
 @dataclass
@@ -214,6 +222,12 @@ class Config:
         _check(self.synth.halo >= 0 and self.synth.slab_embedding_slices >= 0, "synth.halo", "halo and slab must be >= 0")
         _check(self.data.fit in ("crop_pad", "resize"), "data.fit", "must be crop_pad or resize")
         _check(self.data.modality in ("auto", "ct", "mri"), "data.modality", "must be auto, ct or mri")
+        e = self.eval
+        _check(e.quick_volumes == 0 or e.quick_volumes >= 2, "eval.quick_volumes", "must be 0 (off) or >= 2")
+        _check(e.ssl_steps >= 1 and e.ssl_batch >= 2 and e.ssl_width >= 1 and e.ssl_max_volumes >= 1, "eval.ssl_steps",
+               "ssl_steps, ssl_width and ssl_max_volumes must be >= 1 and ssl_batch >= 2")
+        _check(not e.med3d_weights or len(e.med3d_sha256) == 64, "eval.med3d_sha256",
+               "must be the 64-hex SHA-256 of eval.med3d_weights")
         _check(self.data.task_retries >= 0, "data.task_retries", f"must be >= 0, got {self.data.task_retries}")
         tu = self.tune
         _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")

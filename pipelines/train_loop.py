@@ -15,7 +15,8 @@ Runs inside every TorchTrainer worker (``train_loop_per_worker(config)``); the d
   ``train.iterations`` and the lineage tiles ``[0, iterations)`` with no overlap. What is not restored: the
   position inside the data stream (an epoch restarts; the sample order after a resume differs from an unbroken run).
 - Validation (``train.val_every``): ``val_l1`` = mean L1 of G^H(E(x_slab)) vs x_slab over every sub-volume position
-  of up to ``VAL_MAX_VOLUMES`` val volumes, computed on rank 0 and broadcast (the metric Tune optimises).
+  of up to ``VAL_MAX_VOLUMES`` val volumes, computed on rank 0 and broadcast; beside it ``fd_ssl_quick``, the
+  sample-quality score Tune optimises (``crfgan.metrics.quick``; its inputs come in ``config["quality"]``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import ray.train.torch
 from crfgan.memory import pin_mmap_threshold
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
+from crfgan.metrics.quick import fd_ssl_quick
 from crfgan.models import apply_execution_options, build_networks, build_optimizers
 from crfgan.step import Amp, raw, train_step
 
@@ -224,6 +226,9 @@ def train_loop_per_worker(config: dict) -> None:
         if is_val:
             v = validation_l1(nets, cfg, val_iter, device) if rank == 0 else 0.0
             metrics["val_l1"] = _broadcast_float(v, device)
+            if config.get("quality"):  # lower is better; see crfgan.metrics.quick
+                q = fd_ssl_quick(raw(nets.g), cfg, config["quality"], device) if rank == 0 else 0.0
+                metrics["fd_ssl_quick"] = _broadcast_float(q, device)
         rngs = _gather({"torch": rng_state(), "np": rng.bit_generator.state}) if is_ckpt else None
         if is_ckpt:  # DDP health: every rank must hold the same weights (0 unless gradients were not all-reduced)
             with torch.no_grad():

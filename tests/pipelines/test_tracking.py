@@ -38,8 +38,9 @@ def test_two_worker_run_trains_and_checkpoints(tracked_run):
     cfg, summary, storage = tracked_run
     m = summary["metrics"]
     assert m["iteration"] == ITERS and m["world_size"] == 2
-    for k in ("d_loss", "g_loss", "crf_loss", "e_loss", "val_l1"):
+    for k in ("d_loss", "g_loss", "crf_loss", "e_loss", "val_l1", "fd_ssl_quick"):
         assert math.isfinite(m[k]), f"{k} = {m[k]}"
+    assert m["fd_ssl_quick"] > 0
     assert m["samples_seen"] == ITERS * 2 * cfg.train.batch_size
     assert summary["state"]["iteration"] == ITERS and summary["state"]["lineage"] == [[0, ITERS]]
     ckpts = sorted(p.name for p in (storage / "tracked").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
@@ -58,7 +59,7 @@ def test_mlflow_run_has_params_metrics_artifacts(tracked_run, mlflow_server):  #
     assert run.data.params["train.iterations"] == str(ITERS)
     assert len(run.data.params) == len(cfg.flat())
     for k in ("d_loss", "g_loss", "crf_loss", "e_loss", "its_per_s", "samples_per_s", "peak_mem_mb_rank0",
-              "peak_mem_mb_rank1", "val_l1"):
+              "peak_mem_mb_rank1", "val_l1", "fd_ssl_quick"):
         assert k in run.data.metrics, k
     steps = [h.step for h in client.get_metric_history(summary["run_id"], "g_loss")]
     assert steps == [3, 6, 9, 12]

@@ -1,0 +1,101 @@
+"""The extractor and real-feature cache, and ``fd_ssl_quick``: the cheap training-time quality score.
+
+``fd_ssl_quick`` = Fréchet distance, on the SSL extractor's features, between ``eval.quick_volumes`` whole volumes
+rendered by the generator from fixed seeds and the cached features of the real training volumes (lower is
+better). It uses few volumes, so its absolute value carries a large small-sample bias; with fixed seeds and one
+extractor that bias is the same for every trial of a sweep, so it ranks generators; ``crfgan evaluate`` gives the
+figures to report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from crfgan.storage import exists, filesystem, join, write_bytes_atomic
+
+from .distances import frechet_distance_stats, stats
+from .features import (Extractor, SSLParams, extract, extractor_name, features_from_bytes, features_to_bytes,
+                       from_bytes, real_cache_name, to_bytes, train_extractor)
+
+QUICK_SEED = 1_000_000  # latent seeds QUICK_SEED … QUICK_SEED + n − 1: disjoint from synthesis seeds in practice
+
+
+def ssl_params(cfg) -> SSLParams:
+    e = cfg.eval
+    return SSLParams(width=e.ssl_width, steps=e.ssl_steps, batch=e.ssl_batch, seed=e.ssl_seed)
+
+
+def volumes_hash(volumes) -> str:
+    """A data hash of in-memory volumes (when no manifest identifies them)."""
+    v = np.ascontiguousarray(np.asarray(volumes, dtype=np.float32))
+    h = hashlib.sha256(f"{v.shape}".encode())
+    for x in v:
+        h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def get_extractor(volumes_fn, data_hash: str, params: SSLParams, cache_uri: str = "", log=print,
+                  endpoint: str = "") -> tuple[Extractor, np.ndarray]:
+    """(extractor, real features) for the data ``data_hash``: read from ``cache_uri`` when present there, else trained
+    on ``volumes_fn()`` (N, S, S, S) and written there (atomically). Without ``cache_uri`` nothing is cached."""
+    fs = root = None
+    if cache_uri:
+        fs, root = filesystem(cache_uri, endpoint)
+        fs.create_dir(root, recursive=True)
+        path = join(root, extractor_name(data_hash, params))
+        if exists(fs, path):
+            with fs.open_input_stream(path, compression=None) as f:
+                ext = from_bytes(f.read(), name=path)
+            fpath = join(root, real_cache_name(ext.sha256, data_hash))
+            if exists(fs, fpath):
+                with fs.open_input_stream(fpath, compression=None) as f:
+                    feats = features_from_bytes(f.read(), ext.sha256, data_hash, name=fpath)
+                log(f"[quality] extractor {ext.sha256[:12]} and real features from the cache {cache_uri}")
+                return ext, feats
+            vols = volumes_fn()
+            feats = extract(ext, vols)
+            write_bytes_atomic(fs, fpath, features_to_bytes(feats, ext.sha256, data_hash))
+            return ext, feats
+    vols = volumes_fn()
+    log(f"[quality] training the SSL extractor on {len(vols)} real volumes ({params.steps} steps, seed {params.seed})")
+    ext = train_extractor(vols, data_hash, params, log=log)
+    feats = extract(ext, vols)
+    if fs is not None:
+        write_bytes_atomic(fs, join(root, extractor_name(data_hash, params)), to_bytes(ext))
+        write_bytes_atomic(fs, join(root, real_cache_name(ext.sha256, data_hash)),
+                           features_to_bytes(feats, ext.sha256, data_hash))
+    return ext, feats
+
+
+def quick_state(ext: Extractor, real_features: np.ndarray) -> dict:
+    """What a training worker needs (plain bytes and arrays: cheap to ship in the loop config)."""
+    mu, sigma = stats(real_features)
+    return {"extractor": to_bytes(ext), "extractor_sha256": ext.sha256, "mu": mu, "sigma": sigma}
+
+
+@torch.no_grad()
+def fd_ssl_quick(g, cfg, state: dict, device="cpu", _cache: dict = {}) -> float:  # noqa: B006 (per-process cache)
+    """Render ``cfg.eval.quick_volumes`` volumes from fixed seeds and return their FD to the real statistics."""
+    key = state["extractor_sha256"]
+    ext = _cache.get(key)
+    if ext is None:
+        ext = _cache[key] = from_bytes(state["extractor"], expected_sha256=key)
+    n = max(2, cfg.eval.quick_volumes)
+    gens = [torch.Generator().manual_seed(QUICK_SEED + i) for i in range(n)]
+    z = torch.cat([torch.randn(1, cfg.model.latent_dim, generator=gg) for gg in gens]).to(device)
+    was = g.training
+    g.eval()
+    try:
+        s = cfg.synth
+        vols = []
+        for i in range(0, n, 2):  # two at a time: bounded memory at large sizes
+            v = g.render(z[i : i + 2], tiled=s.tiled, slab=s.slab_embedding_slices, halo=s.halo, norm_stats=s.norm_stats)
+            vols.append(v[:, 0].float().cpu().numpy())
+    finally:
+        g.train(was)
+    feats = extract(ext, np.concatenate(vols))
+    mu, sigma = stats(feats)
+    return frechet_distance_stats(mu, sigma, state["mu"], state["sigma"])

@@ -1,0 +1,197 @@
+"""The evaluation report: ``metrics.json``, ``index.html``, ``report.md`` and PNG figures in one folder.
+
+Figures: montages (axial, coronal and sagittal mid-slices of the first volumes of each set), intensity histograms
+(HU for CT), radially averaged power spectra, and seam profiles (mean |slice step| per depth boundary, seam
+boundaries marked). Every file is written atomically; the HTML references only files written here.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from crfgan.storage import atomic_local_path
+
+from .compute import HIST_BINS, IDEAL
+from .physics import to_physical
+
+HOW_TO_READ = """\
+- **fd_ssl, kid_ssl, mmd_ssl**: Fréchet distance, unbiased KID (± its std over subsets) and Gaussian-kernel MMD
+  (median heuristic) on features of this project's self-supervised 3D extractor (trained on the real training
+  volumes; its SHA-256 is below). Lower is better; 0 is the real set against itself. They are **not** FID or the
+  published Med3D numbers and are comparable only between reports with the same extractor hash. With few volumes the
+  Fréchet distance carries a large positive bias; KID is unbiased (it can be slightly negative).
+- **spectrum_dist**: mean |Δ log10 P| of the radially averaged 3D power spectra (blur, noise, checkerboard). 0 ideal.
+- **hist_w1_hu / hist_w1**: Wasserstein-1 between the voxel intensity distributions (HU for CT). **tissue_l1**: summed
+  |Δ fraction| over air, lung, fat, soft tissue and bone. 0 ideal.
+- **diversity_ratio** = (1 − MS-SSIM among synthetic pairs) / (1 − MS-SSIM among real pairs): 1 is as diverse as the
+  real scans, near 0 is mode collapse (every sample alike).
+- **nn_ratio**: mean RMSE of each synthetic volume to its nearest training volume over the same figure for real
+  volumes (leave-one-out). Far below 1: memorised training volumes.
+- **seam_score / seam_grad_score**: intensity step / gradient kink at the depths where rendered sub-volumes meet, over
+  the same statistic at other depths of the same phase of the upsampling grid. 1 = no seam; seam_score_real is the
+  real set's figure (its noise level). Needs 64³ or more.
+- **Ratios** (comparison mode): each set's value over the first synthetic set's; for "lower is better" metrics a
+  ratio below 1 means better than the first set.
+"""
+
+
+def _save_png(fig_or_img, path: Path) -> None:
+    with atomic_local_path(path, suffix=".png") as tmp:
+        if hasattr(fig_or_img, "savefig"):
+            fig_or_img.savefig(tmp, dpi=90, bbox_inches="tight")
+        else:
+            fig_or_img.save(tmp, format="PNG")
+
+
+def montage(volumes: np.ndarray, k: int = 4):
+    """Rows of axial | coronal | sagittal mid-slices of the first ``k`` volumes (superior up in the side views)."""
+    from PIL import Image
+
+    rows = []
+    for v in volumes[:k]:
+        s = v.shape[0] // 2
+        rows.append(np.concatenate([v[s], v[:, s][::-1], v[:, :, s][::-1]], axis=1))
+    img = np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
+    scale = max(1, 192 // volumes.shape[1])
+    return Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+
+
+def _plots(stats: dict, modality: str, window, seams: list[int], out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    x = to_physical(np.linspace(-1, 1, HIST_BINS + 1)[:-1] + 1.0 / HIST_BINS, modality, window)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, s in stats.items():
+        h = s["hist"].reshape(-1, 16).sum(1)  # 128 display bins
+        ax.semilogy(x.reshape(-1, 16).mean(1), h / h.sum() + 1e-7, label=name)
+    ax.set_xlabel("HU" if modality == "ct" else "intensity ([-1, 1])")
+    ax.set_ylabel("fraction of voxels")
+    ax.legend(fontsize=8)
+    ax.set_title("Intensity histograms")
+    _save_png(fig, out / "histograms.png")
+    plt.close(fig)
+    files["histograms"] = "histograms.png"
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, s in stats.items():
+        p = s["spectrum"]
+        ax.semilogy(np.arange(1, len(p)), p[1:], label=name)
+    ax.set_xlabel("radial frequency (cycles per volume)")
+    ax.set_ylabel("power")
+    ax.legend(fontsize=8)
+    ax.set_title("Radially averaged 3D power spectra")
+    _save_png(fig, out / "power_spectra.png")
+    plt.close(fig)
+    files["power_spectra"] = "power_spectra.png"
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, s in stats.items():
+        step = np.asarray(s["step"], dtype=float)
+        ax.plot(np.arange(1, len(step)), step[1:], marker=".", label=name)
+    for b in seams:
+        ax.axvline(b, color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("depth boundary (axial slice); dashed: sub-volume borders")
+    ax.set_ylabel("mean |x[b] − x[b−1]|")
+    ax.legend(fontsize=8)
+    ax.set_title("Seam profiles")
+    _save_png(fig, out / "seam_profiles.png")
+    plt.close(fig)
+    files["seam_profiles"] = "seam_profiles.png"
+    return files
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan"
+    return f"{v:.4g}"
+
+
+def table(metrics: dict[str, dict], ratios: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+    names = list(metrics)
+    keys = [k for k in dict.fromkeys(k for m in metrics.values() for k in m)]
+    header = ["metric", "ideal"] + names + ([f"{n} / {names[0]}" for n in names[1:]] if ratios else [])
+    rows = []
+    for k in keys:
+        row = [k, IDEAL.get(k, "")] + [_fmt(metrics[n].get(k)) for n in names]
+        if ratios:
+            row += [_fmt(ratios[n].get(k)) for n in names[1:]]
+        rows.append(row)
+    return header, rows
+
+
+def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarray], stats: dict[str, dict],
+                 modality: str, window, seams: list[int]) -> list[Path]:
+    """Write the report folder; ``result`` is what goes to metrics.json (``metrics``, ``ratios``, ``extractor`` …)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    montages = {}
+    for i, (name, vols) in enumerate(volumes.items()):
+        fname = f"montage_{i:02d}.png"
+        _save_png(montage(vols), out / fname)
+        montages[name] = fname
+    figs = _plots(stats, modality, window, seams, out)
+    with atomic_local_path(out / "metrics.json") as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2, default=float))
+    header, rows = table(result["metrics"], result.get("ratios"))
+    ext = result.get("extractor") or {}
+    prov = (f"Real set: {result['real']['uri']} ({result['real']['n']} volumes, {modality}). "
+            f"Extractor SHA-256 {ext.get('sha256', '–')} trained on data {ext.get('data_hash', '–')}.")
+    notes = result.get("notes", [])
+
+    md = io.StringIO()
+    md.write("# Evaluation report\n\n" + prov + "\n\n")
+    md.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+    for r in rows:
+        md.write("| " + " | ".join(r) + " |\n")
+    md.write("\n## How to read this\n\n" + HOW_TO_READ + "\n")
+    for n in notes:
+        md.write(f"- {n}\n")
+    md.write("\n## Figures\n\n")
+    for name, f in montages.items():
+        md.write(f"**{name}** (axial | coronal | sagittal)\n\n![{name}]({f})\n\n")
+    for f in figs.values():
+        md.write(f"![{f}]({f})\n\n")
+    with atomic_local_path(out / "report.md") as tmp:
+        Path(tmp).write_text(md.getvalue())
+
+    e = html.escape
+    h = io.StringIO()
+    h.write("<!doctype html><html><head><meta charset='utf-8'><title>crfgan evaluation</title><style>"
+            "body{font-family:sans-serif;margin:20px;max-width:1150px}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}"
+            "img{max-width:100%;border:1px solid #ddd}.m{display:inline-block;margin:4px;vertical-align:top;width:370px}"
+            "</style></head><body><h1>Evaluation report</h1>")
+    h.write(f"<p>{e(prov)}</p><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>")
+    for r in rows:
+        h.write("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+    h.write("</table><h2>How to read this</h2><ul>")
+    for line in HOW_TO_READ.replace("\n  ", " ").strip().split("\n"):
+        h.write(f"<li>{e(line.lstrip('- ').replace('**', ''))}</li>")
+    for n in notes:
+        h.write(f"<li>{e(n)}</li>")
+    h.write("</ul><h2>Montages (axial | coronal | sagittal)</h2>")
+    for name, f in montages.items():
+        h.write(f"<div class='m'><b>{e(name)}</b><br><img src='{e(f)}' alt='{e(name)}'></div>")
+    h.write("<h2>Statistics</h2>")
+    for f in figs.values():
+        h.write(f"<div><img src='{e(f)}' alt='{e(f)}'></div>")
+    h.write("</body></html>")
+    with atomic_local_path(out / "index.html") as tmp:
+        Path(tmp).write_text(h.getvalue())
+    written = [out / n for n in ("index.html", "report.md", "metrics.json", *montages.values(), *figs.values())]
+    return written
