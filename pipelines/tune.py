@@ -286,6 +286,7 @@ def run_sweep(spec: dict, resume: bool = False) -> dict:
         tuner = _tuner(spec, space, cfg, ray.cluster_resources())
     grid = tuner.fit()
     seconds = time.perf_counter() - t0
+    release_orphaned_placement_groups()  # a trial stopped at the very end
     return tune_report.finish(spec, cfg, space, grid, seconds)
 
 
