@@ -131,6 +131,7 @@ class TuneConfig:
     grace_period: int = 0  # ASHA: training iterations before a trial can be stopped; 0: train.val_every
     reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
     search: str = "random"  # random | grid (every choice becomes a grid axis; ranges are still sampled)
+    scheduler: str = "asha"  # asha (early stopping) | fifo (every trial runs to the end: fair comparisons)
     driver_cpus: float = 1.0  # CPUs of each trial's driver (the Tune function that runs the TorchTrainer)
 
 
@@ -232,6 +233,7 @@ class Config:
         tu = self.tune
         _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
         _check(tu.search in ("random", "grid"), "tune.search", f"must be random or grid, got {tu.search!r}")
+        _check(tu.scheduler in ("asha", "fifo"), "tune.scheduler", f"must be asha or fifo, got {tu.scheduler!r}")
         _check(tu.num_samples >= 1, "tune.num_samples", "must be >= 1")
         _check(tu.max_concurrent_trials >= 0 and tu.grace_period >= 0, "tune.grace_period",
                "grace_period and max_concurrent_trials must be >= 0")

@@ -202,7 +202,7 @@ def _tuner(spec: dict, space, cfg, resources: dict):
     # stop_last_trials=False: a trial that reaches max_t ends by itself (its run closes cleanly) instead of being
     # stopped at its last report
     asha = ASHAScheduler(time_attr="iteration", max_t=t.iterations, grace_period=tu.grace_period or t.val_every,
-                         reduction_factor=tu.reduction_factor, stop_last_trials=False)
+                         reduction_factor=tu.reduction_factor, stop_last_trials=False) if tu.scheduler == "asha" else None
     return tune.Tuner(
         _trainable(spec),
         param_space=param_space(space, tu.search),

@@ -47,7 +47,8 @@ def start_parent(cfg, spec: dict) -> tuple[str, str]:
         "crfgan.data_uri": scrub(spec["data"]), "git_commit": tracking.git_commit()})
     t, tu = cfg.train, cfg.tune
     params = {"sweep.metric": spec["metric"], "sweep.mode": spec["mode"], "sweep.space_file": spec["space_file"],
-              "sweep.num_samples": tu.num_samples, "sweep.search": tu.search, "sweep.max_t": t.iterations,
+              "sweep.num_samples": tu.num_samples, "sweep.search": tu.search, "sweep.scheduler": tu.scheduler,
+              "sweep.max_t": t.iterations,
               "sweep.grace_period": tu.grace_period or t.val_every, "sweep.reduction_factor": tu.reduction_factor,
               "sweep.config": cfg.name, "sweep.config_hash": cfg.hash()}
     for k, v in params.items():

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.pipelines.mlflow_fixtures import mlflow_server, tiny_shards  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,6 +129,7 @@ def test_bad_space_fails_before_any_trial(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
 
 
+@pytest.mark.slow  # three trials and a second driver: about 6 minutes on a busy 2-core machine
 def test_killed_driver_resumes_without_rerunning_finished_trials(ray_local, tiny_shards, tmp_path, capsys):  # noqa: F811
     """The sweep's driver runs in its own process on this Ray; it is SIGKILLed once Tune has recorded a finished
     trial, then ``crfgan tune --resume`` completes the sweep. The finished trial's results are not touched again."""
