@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -70,7 +71,8 @@ def write_spec(spec: dict) -> None:
 
     fs, path = _fs(sub(spec["root"], SPEC_FILE))
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    write_bytes_atomic(fs, path, json.dumps(spec, indent=1, sort_keys=True).encode())
+    keep = {k: v for k, v in spec.items() if k not in ("tracking_uri", "parent_run_id")}  # found again on resume
+    write_bytes_atomic(fs, path, json.dumps(keep, indent=1, sort_keys=True).encode())
 
 
 def read_spec(storage: str, name: str) -> dict:
@@ -118,8 +120,8 @@ def run_trial(params: dict, spec: dict) -> None:
     cfg = apply(config_from_dict(spec["base"]), params)
     cfg.train.storage_path = spec["trials"]
     cfg.train.run_name = trial_name(spec["name"], tune.get_context().get_trial_id())
-    if spec.get("tracking_uri"):
-        cfg.mlflow.tracking_uri = spec["tracking_uri"]
+    if spec.get("tracking_uri"):  # the sweep's server or sqlite file; via the environment, so never a logged param
+        os.environ["MLFLOW_TRACKING_URI"] = spec["tracking_uri"]
     run_training(cfg, spec["data"], mlflow_enabled=bool(spec.get("parent_run_id")), data_cpus=0.0, register=False,
                  callbacks=[_report_callback(spec["metric"])], parent_run_id=spec.get("parent_run_id"))
 
@@ -279,7 +281,8 @@ def run_sweep(spec: dict, resume: bool = False) -> dict:
         write_spec(spec)
     path = sub(spec["root"], "tune")
     print(f"[tune] sweep {spec['name']}: {len(space.dists)} keys, {cfg.tune.num_samples} sample(s), {cfg.tune.search} "
-          f"search, ASHA on {space.metric} ({space.mode}) → {tune_report.scrub(spec['root'])}", flush=True)
+          f"search, {'ASHA' if cfg.tune.scheduler == 'asha' else 'no early stopping'}, {space.metric} ({space.mode}) → "
+          f"{tune_report.scrub(spec['root'])}", flush=True)
     if resume:
         tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=False)
     else:
