@@ -142,11 +142,15 @@ class SynthConfig:
 
 @dataclass
 class TuneConfig:
-    num_samples: int = 4
-    max_concurrent_trials: int = 1
-    metric: str = "val_l1"
+    num_samples: int = 4  # trials drawn from the space (grid search: repetitions of the whole grid)
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold (trial driver + its workers each)
+    metric: str = "val_l1"  # used when the space file names none
     mode: str = "min"
-    grace_period: int = 1
+    grace_period: int = 0  # ASHA: training iterations before a trial can be stopped; 0: train.val_every
+    reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
+    search: str = "random"  # random | grid (every choice becomes a grid axis; ranges are still sampled)
+    scheduler: str = "asha"  # asha (early stopping) | fifo (every trial runs to the end: fair comparisons)
+    driver_cpus: float = 1.0  # CPUs of each trial's driver (the Tune function that runs the TorchTrainer)
 
 
 @dataclass
@@ -276,11 +280,6 @@ class Config:
         _check(sy.actors >= 0 and sy.cpus_per_actor > 0 and 0 < sy.gpus_per_actor <= 1, "synth.actors",
                "actors must be >= 0, cpus_per_actor > 0 and 0 < gpus_per_actor <= 1")
 
-        tu = self.tune
-        for key in ("num_samples", "max_concurrent_trials", "grace_period"):
-            _positive(f"tune.{key}", getattr(tu, key))
-        _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
-        _check(bool(tu.metric), "tune.metric", "must not be empty")
         _positive("eval.num_volumes", self.eval.num_volumes)
         _check(bool(self.mlflow.experiment), "mlflow.experiment", "must not be empty")
         _check(bool(self.mlflow.registered_model), "mlflow.registered_model", "must not be empty")
@@ -311,6 +310,16 @@ class Config:
                "ssl_steps, ssl_width and ssl_max_volumes must be >= 1 and ssl_batch >= 2")
         _check(not e.med3d_weights or len(e.med3d_sha256) == 64, "eval.med3d_sha256",
                "must be the 64-hex SHA-256 of eval.med3d_weights")
+        tu = self.tune
+        _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
+        _check(tu.search in ("random", "grid"), "tune.search", f"must be random or grid, got {tu.search!r}")
+        _check(tu.scheduler in ("asha", "fifo"), "tune.scheduler", f"must be asha or fifo, got {tu.scheduler!r}")
+        _check(tu.num_samples >= 1, "tune.num_samples", "must be >= 1")
+        _check(tu.max_concurrent_trials >= 0 and tu.grace_period >= 0, "tune.grace_period",
+               "grace_period and max_concurrent_trials must be >= 0")
+        _check(tu.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(tu.driver_cpus >= 0, "tune.driver_cpus", "must be >= 0")
+        _check(bool(tu.metric), "tune.metric", "must not be empty")
         return self
 
 

@@ -15,6 +15,7 @@ STAGES = {
     "preprocess": ("pipelines.preprocess", "CT/MRI scans or archives (local or s3://) → Parquet shards (Ray Data)"),
     "train": ("pipelines.train", "train CRF-GAN or the HA-GAN baseline (Ray Train, or --local in one process)"),
     "synthesize": ("pipelines.synthesize", "bulk synthetic volumes from models:/NAME@ALIAS or a checkpoint (Ray Data)"),
+    "tune": ("pipelines.tune", "hyperparameter sweep of training (Ray Tune, ASHA, MLflow parent/child runs)"),
     "evaluate": ("pipelines.evaluate", "synthetic volume sets against real ones: metrics.json + HTML/Markdown report"),
     "compare": ("pipelines.compare", "CRF-GAN variants vs HA-GAN: same data, budget and seeds; one evaluated table"),
     "demo": ("pipelines.demo", "end-to-end run on the shipped real scans (local Ray, local files)"),

@@ -99,22 +99,28 @@ def render_volumes(g, cfg, seeds, device="cpu", class_index=None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ driver side
-def start_run(cfg, storage: str, run_name: str, data_uri: str, manifest: dict) -> tuple[str, str]:
-    """Create (or, for a resumed Ray run, reopen) the MLflow run; returns (tracking_uri, run_id)."""
+def experiment_id(client, cfg, uri: str, storage: str) -> str:
+    """``mlflow.experiment``'s id, created on first use (embedded sqlite: artifacts in ``<storage>/mlartifacts``)."""
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    loc = None
+    if uri.startswith("sqlite:") and is_local(storage):
+        loc = (Path(storage).expanduser().resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
+
+
+def start_run(cfg, storage: str, run_name: str, data_uri: str, manifest: dict,
+              parent_run_id: str | None = None) -> tuple[str, str]:
+    """Create (or, for a resumed Ray run, reopen) the MLflow run; returns (tracking_uri, run_id).
+    ``parent_run_id`` nests it under that run (a sweep's trial under the sweep)."""
     import mlflow
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg, storage)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is None:
-        loc = None
-        if uri.startswith("sqlite:") and is_local(storage):
-            loc = (Path(storage).expanduser().resolve() / "mlartifacts").as_uri()
-        exp_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
-    else:
-        exp_id = exp.experiment_id
+    exp_id = experiment_id(client, cfg, uri, storage)
     key = hashlib.sha256(f"{storage}|{run_name}".encode()).hexdigest()[:16]
     found = client.search_runs([exp_id], f"tags.`crfgan.train_key` = '{key}'", max_results=1,
                                order_by=["attributes.start_time DESC"])
@@ -127,7 +133,8 @@ def start_run(cfg, storage: str, run_name: str, data_uri: str, manifest: dict) -
         changed = {f"resume.{k}": v for k, v in params.items() if k in old and old[k] != v}
         print(f"[train] continuing MLflow run {run.info.run_id}", flush=True)
     else:
-        run = client.create_run(exp_id, run_name=run_name, tags={"crfgan.train_key": key})
+        parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        run = client.create_run(exp_id, run_name=run_name, tags={"crfgan.train_key": key, **parent})
         new, changed = [Param(k, v) for k, v in params.items()], {}
     run_id = run.info.run_id
     for i in range(0, len(new), 100):
@@ -169,8 +176,9 @@ def end_run(uri: str, run_id: str, ok: bool) -> None:
     MlflowClient(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
-def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dict) -> tuple[str, str]:
-    """Log the generator as a models-from-code pyfunc, register a version, alias it ``candidate``; (name, version)."""
+def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dict,
+                       alias: str = ALIAS) -> tuple[str, str]:
+    """Log the generator as a models-from-code pyfunc, register a version, alias it (``candidate``); (name, version)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -192,7 +200,7 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
     version = str(info.registered_model_version)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
-    client.set_registered_model_alias(name, ALIAS, version)
+    client.set_registered_model_alias(name, alias, version)
     return name, version
 
 

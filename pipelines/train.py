@@ -170,8 +170,12 @@ def refuse_local_run(storage: str, run_name: str) -> None:
 
 
 def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
-                 data_cpus: float | None = None, register: bool = True) -> dict:
-    """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version)."""
+                 data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
+                 parent_run_id: str | None = None) -> dict:
+    """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version).
+
+    ``callbacks``: Ray Train ``UserCallback``s (a Tune trial passes its report callback); ``parent_run_id`` nests
+    the MLflow run under a parent (the sweep's run)."""
     from crfgan.shards import read_manifest
     from pipelines import tracking
 
@@ -194,7 +198,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     loop_config["quality"] = quality_state(cfg, data_uri, manifest, storage)  # fd_ssl_quick's extractor + real stats
     uri = run_id = None
     if mlflow_enabled:
-        uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest)
+        uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest, parent_run_id=parent_run_id)
         loop_config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     trainer = TorchTrainer(
@@ -204,7 +208,8 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.run_name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             callbacks=list(callbacks or [])),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # val: rank 0 streams its first volumes
     )
@@ -222,24 +227,35 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     if result.checkpoint is not None:
         import json
 
-        from crfgan.checkpoint import load_generator, save_generator
-        from crfgan.synth import metadata_from_shards
-
         with result.checkpoint.as_directory() as d:
             summary["state"] = json.loads((Path(d) / "state.json").read_text())
             if mlflow_enabled and register:
-                with tempfile.TemporaryDirectory() as tmp:
-                    g = load_generator(d)
-                    meta = metadata_from_shards(cfg, data_uri, manifest, tracking.manifest_hash(manifest),
-                                                cfg.data.s3_endpoint)
-                    gdir = save_generator(Path(tmp) / "generator", cfg, g,
-                                          {"iterations": summary["state"]["iteration"], "mlflow_run_id": run_id}, meta)
-                    tags = {"data_manifest_hash": tracking.manifest_hash(manifest), "git_commit": tracking.git_commit(),
-                            "iterations": summary["state"]["iteration"], "config_hash": cfg.hash()}
-                    summary["model"] = tracking.register_generator(uri, run_id, cfg, str(gdir), tags)
+                summary["model"] = register_checkpoint(uri, run_id, cfg, d, manifest, data_uri)
     if mlflow_enabled:
         tracking.end_run(uri, run_id, ok=True)
     return summary
+
+
+def register_checkpoint(uri: str, run_id: str, cfg, checkpoint_dir: str, manifest: dict, data_uri: str,
+                        alias: str | None = None) -> tuple[str, str]:
+    """Register the generator of a training checkpoint (a local folder) under ``run_id``, with the metadata a correct
+    synthetic file needs (``crfgan.synth.metadata_from_shards``); (name, version)."""
+    import json
+
+    from crfgan.checkpoint import load_generator, save_generator
+    from crfgan.synth import metadata_from_shards
+    from pipelines import tracking
+
+    state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
+    digest = tracking.manifest_hash(manifest)
+    meta = metadata_from_shards(cfg, data_uri, manifest, digest, cfg.data.s3_endpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        g = load_generator(checkpoint_dir)
+        gdir = save_generator(Path(tmp) / "generator", cfg, g, {"iterations": state["iteration"], "mlflow_run_id": run_id},
+                              meta)
+        tags = {"data_manifest_hash": digest, "git_commit": tracking.git_commit(),
+                "iterations": state["iteration"], "config_hash": cfg.hash()}
+        return tracking.register_generator(uri, run_id, cfg, str(gdir), tags, alias=alias or tracking.ALIAS)
 
 
 def _loop():
