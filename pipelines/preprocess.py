@@ -54,7 +54,7 @@ from crfgan.shards import (
     write_table_atomic,
 )
 from crfgan.volume import low_res, prepare
-from pipelines import sources
+from pipelines import cluster, sources
 from pipelines.runtime import ensure_ray
 
 
@@ -190,6 +190,8 @@ def data_context(**settings):
 def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
     ray = ensure_ray()
+    # multi-node: local inputs and outputs must be seen by every node (checked before any work starts)
+    cluster.require_shared(ray, cluster.preprocess_paths(inputs, output), "preprocess", {"CPU": 1})
     with data_context(
         # Ray Data reserves half of the CPUs per operator by default: on 2 CPUs a single map ran 1 task at a time
         # (measured: 8 × 1 s tasks took 8.3 s, 4.3 s without the reservation).
