@@ -121,13 +121,14 @@ def _alive_nodes(body: bytes) -> int:
 def env_lines(state: dict) -> list[str]:
     p = state["ports"]
     return [
-        f"export RAY_ADDRESS=http://127.0.0.1:{p['dashboard']}",
+        f"export RAY_API_SERVER_ADDRESS=http://127.0.0.1:{p['dashboard']}",  # ray job CLI; not RAY_ADDRESS (ray.init)
         "export RAY_AUTH_MODE=token",
         f"export RAY_AUTH_TOKEN_PATH={state['token_path']}",
         f"export AWS_ENDPOINT_URL=http://127.0.0.1:{p['s3']}",
         f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{p['mlflow']}",
         "export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_DEFAULT_REGION=us-east-1",
-        "# S3 credentials: the ones the stack was started with (placeholder 'testing' unless AWS_* were set)",
+        # the shell fills these in: a credential's value is never printed
+        'export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"',
     ]
 
 
