@@ -218,8 +218,8 @@ def down() -> int:
             os.killpg(s["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
-    # every group (leader and children: raylet, gcs, mlflow's workers) gets 30 s in all, then SIGKILL
-    deadline = time.monotonic() + 30
+    # every group (leader and children: raylet, gcs, mlflow's workers) gets 20 s in all, then SIGKILL
+    deadline = time.monotonic() + 20
     while any(_group_alive(s["pid"]) for s in live) and time.monotonic() < deadline:
         time.sleep(0.2)
     for s in live:
