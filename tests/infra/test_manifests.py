@@ -129,8 +129,10 @@ def _entrypoints() -> list[tuple[str, str]]:
             for k, v in node.items():
                 if k == "entrypoint" and isinstance(v, str):
                     found.append((where, v))
+                elif k in ("command", "args") and isinstance(v, list) and v and str(v[0]).endswith("crfgan"):
+                    found.append((where, shlex.join(["crfgan", *map(str, v[1:])])))  # exec form: crfgan, args…
                 elif k in ("command", "args") and isinstance(v, list) and any("crfgan " in str(x) for x in v):
-                    found.extend((where, str(x)) for x in v if "crfgan " in str(x))
+                    found.extend((where, str(x)) for x in v if "crfgan " in str(x))  # sh -c "crfgan …"
                 else:
                     walk(v, where)
         elif isinstance(node, list):
@@ -150,32 +152,49 @@ def test_every_rayjob_has_an_entrypoint():
     assert len(jobs) >= 4 and len(ENTRYPOINTS) >= len(jobs), (jobs, ENTRYPOINTS)
 
 
-@pytest.mark.parametrize("where,line", ENTRYPOINTS, ids=[w for w, _ in ENTRYPOINTS])
-def test_entrypoint_is_a_real_crfgan_command(where, line):
-    """The command parses with the real ``crfgan`` parser (subcommand, flags, required arguments); its --config is
-    a preset or a file in the repository, its --space a file in the repository. Renaming any of them fails here."""
+def _entrypoint_problem(where: str, line: str) -> str | None:
+    """Why ``line`` is not a runnable crfgan command (None when it is): it must parse with the real ``crfgan`` parser
+    (subcommand, flags, required arguments); its --config must be a preset or a file in the repository, its --space
+    a file in the repository."""
     from crfgan.config import preset_names
     from pipelines.cli import build_parser
 
     words = shlex.split(line)
-    assert "crfgan" in words, f"{where}: the entrypoint does not run crfgan: {line!r}"
+    if "crfgan" not in words:
+        return f"{where}: the entrypoint does not run crfgan: {line!r}"
     argv = words[words.index("crfgan") + 1:]
     parser = build_parser()
-    sub = argv[0] if argv else ""
     commands = parser._subparsers._group_actions[0].choices
-    assert sub in commands, f"{where}: 'crfgan {sub}' is not a crfgan subcommand (have {sorted(commands)})"
+    if not argv or argv[0] not in commands:
+        return f"{where}: 'crfgan {argv[0] if argv else ''}' is not a crfgan subcommand (have {sorted(commands)})"
     try:
         args = parser.parse_args(argv)
     except SystemExit:
-        pytest.fail(f"{where}: the crfgan parser rejects {line!r}")
+        return f"{where}: the crfgan parser rejects {line!r}"
     config = getattr(args, "config", None)
-    if config is not None and "--config" in argv:
-        assert config in preset_names() or (REPO / config).is_file(), \
-            f"{where}: --config {config} is neither a preset ({preset_names()}) nor a file in the repository"
-    if getattr(args, "space", None):
-        assert (REPO / args.space).is_file(), f"{where}: --space {args.space} is not a file in the repository"
+    if config is not None and "--config" in argv and config not in preset_names() and not (REPO / config).is_file():
+        return f"{where}: --config {config} is neither a preset ({preset_names()}) nor a file in the repository"
+    if getattr(args, "space", None) and not (REPO / args.space).is_file():
+        return f"{where}: --space {args.space} is not a file in the repository"
     for value in vars(args).values():  # no literal credentials in a command line
-        assert not re.search(r"(AKIA[0-9A-Z]{12,}|aws_secret|password=)", str(value), re.I), f"{where}: {value}"
+        if re.search(r"(AKIA[0-9A-Z]{12,}|aws_secret|password=)", str(value), re.I):
+            return f"{where}: a credential in the command line"
+    return None
+
+
+@pytest.mark.parametrize("where,line", ENTRYPOINTS, ids=[w for w, _ in ENTRYPOINTS])
+def test_entrypoint_is_a_real_crfgan_command(where, line):
+    """Renaming a subcommand, a flag or a preset, or moving a space file, fails here."""
+    problem = _entrypoint_problem(where, line)
+    assert problem is None, problem
+
+
+def test_the_entrypoint_check_catches_renames():
+    ok = "crfgan train --data s3://b/shards --config tiny --storage s3://b/runs"
+    assert _entrypoint_problem("x", ok) is None
+    assert "parser rejects" in _entrypoint_problem("x", ok.replace("--data", "--dataset"))
+    assert "not a crfgan subcommand" in _entrypoint_problem("x", ok.replace("train", "fit", 1))
+    assert "neither a preset" in _entrypoint_problem("x", ok.replace("tiny", "ct1024"))
 
 
 def test_manifests_hold_no_literal_credentials():
