@@ -113,6 +113,22 @@ def _wait(url: str, proc: subprocess.Popen, name: str, timeout: float, up=(200,)
         time.sleep(0.5)
 
 
+def _retrying(start, wait, attempts: int = 3) -> None:
+    """Start a Ray node and wait for it; when ``ray start`` exits during start-up (Ray gives a node a fixed 30 s to
+    register, which a busy machine can miss), stop what it left in its process group and start it again."""
+    for attempt in range(1, attempts + 1):
+        proc = start()
+        try:
+            wait(proc)
+            return
+        except RuntimeError as e:
+            if proc.poll() is None or attempt == attempts:
+                raise
+            print(f"stack: {e}; retrying ({attempt}/{attempts - 1})", file=sys.stderr)
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _alive_nodes(body: bytes) -> int:
     data = json.loads(body).get("data", {}).get("summary", [])
     return sum(1 for n in data if n.get("raylet", {}).get("state") == "ALIVE")
@@ -176,19 +192,19 @@ def up() -> int:
             return [f"--{k}-port={_free_port()}" for k in ("dashboard-agent-listen", "dashboard-agent-grpc",
                                                            "metrics-export", "runtime-env-agent")]
 
-        proc = _spawn(state, "ray-head", [
+        dash = f"http://127.0.0.1:{ports['dashboard']}"
+        _retrying(lambda: _spawn(state, "ray-head", [
             str(BIN / "ray"), "start", "--head", f"--port={ports['gcs']}", "--num-cpus=0", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp}",
-            *common, *agent_ports()], ray_env, ports["dashboard"])
-        dash = f"http://127.0.0.1:{ports['dashboard']}"
-        _wait(f"{dash}/api/version", proc, "ray-head", 120, up=(200, 401))
+            *common, *agent_ports()], ray_env, ports["dashboard"]),
+            lambda proc: _wait(f"{dash}/api/version", proc, "ray-head", 120, up=(200, 401)))
         # its own temp dir: two nodes sharing one would share (and garbage-collect) each other's job working dirs
-        worker = _spawn(state, "ray-worker", [
-            str(BIN / "ray"), "start", f"--address=127.0.0.1:{ports['gcs']}", f"--temp-dir={temp}/w",
-            f"--num-cpus={int(os.environ.get('CRFGAN_WORKER_CPUS', 2))}", *common, *agent_ports()], ray_env, None)
         auth = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
-        _wait(f"{dash}/nodes?view=summary", worker, "ray-worker", 120, headers=auth,
-              check=lambda body: _alive_nodes(body) >= 2)
+        _retrying(lambda: _spawn(state, "ray-worker", [
+            str(BIN / "ray"), "start", f"--address=127.0.0.1:{ports['gcs']}", f"--temp-dir={temp}/w",
+            f"--num-cpus={int(os.environ.get('CRFGAN_WORKER_CPUS', 2))}", *common, *agent_ports()], ray_env, None),
+            lambda proc: _wait(f"{dash}/nodes?view=summary", proc, "ray-worker", 120, headers=auth,
+                               check=lambda body: _alive_nodes(body) >= 2))
     except (RuntimeError, OSError) as e:
         print(f"stack: {e}; stopping what started", file=sys.stderr)
         down()
