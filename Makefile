@@ -9,7 +9,7 @@ CRFGAN  = $(VENV)/bin/crfgan
 STAMP   = $(VENV)/.installed
 BENCH_OUT ?= bench-results
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all bench lint clean up down demo-cluster
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(CRFGAN) demo
+
+# The local stack (infra/local): a Ray head with token auth + one worker node, an mlflow server, a moto S3 endpoint,
+# all on 127.0.0.1; state, logs and the token in outputs/stack. `make down` stops exactly what `make up` started.
+up: install
+	PYTHON=$(PY) infra/local/up.sh
+
+down:
+	PYTHON=$(PY) infra/local/down.sh
+
+# The demo's preprocess -> train chain as `ray job submit` jobs against `make up`'s stack.
+demo-cluster: install
+	eval "$$($(PY) infra/local/stack.py env)" && $(CRFGAN) demo --address "$$RAY_API_SERVER_ADDRESS"
 
 # The CI tier: everything but tests marked slow. pytest's exit code 5 (no tests collected) is a failure here.
 test: install

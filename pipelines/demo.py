@@ -69,6 +69,10 @@ What these samples can and cannot show:
 def add_arguments(p) -> None:
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--volumes", type=int, default=2, help="synthetic volumes to render (default 2)")
+    p.add_argument("--address", default=None, metavar="URL",
+                   help="run the chain as Ray jobs on this cluster's job server (e.g. http://127.0.0.1:8265, make up)")
+    p.add_argument("--prefix", default="s3://crfgan/demo", metavar="S3_URI",
+                   help="with --address: where scans, shards and checkpoints go (default s3://crfgan/demo)")
     add_config_arguments(p, default="tiny")
 
 
@@ -77,6 +81,10 @@ def main(args) -> int:
     from .synthesize import run_job
     from .train import run_training
 
+    if args.address:
+        from .jobs import demo
+
+        return demo(args)
     cfg = config_from_args(args)
     out = Path(args.out).resolve()
     cfg.train.storage_path = str(out / "runs")

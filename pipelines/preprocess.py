@@ -210,11 +210,14 @@ def data_context(**settings):
 
 def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
+    from pipelines import cluster
     from pipelines.runtime import ensure_ray
 
     # a relative output means the caller's working directory, not that of a Ray worker
     output = output if "://" in output else os.path.abspath(output)
     ray = ensure_ray()
+    # multi-node: local inputs and outputs must be seen by every node (checked before any work starts)
+    cluster.require_shared(ray, cluster.preprocess_paths(inputs, output), "preprocess", {"CPU": 1})
     with data_context(
         # Ray Data reserves half of the CPUs per operator by default: on 2 CPUs a single map ran 1 task at a time
         # (measured: 8 × 1 s tasks took 8.3 s, 4.3 s without the reservation).

@@ -177,7 +177,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     ``callbacks``: Ray Train ``UserCallback``s (a Tune trial passes its report callback); ``parent_run_id`` nests
     the MLflow run under a parent (the sweep's run)."""
     from crfgan.shards import read_manifest
-    from pipelines import tracking
+    from pipelines import cluster, tracking
 
     refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
     ray = ensure_ray()
@@ -186,7 +186,13 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
 
     t = cfg.train
     data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
-    storage = storage_uri(t.storage_path)
+    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    storage = cluster.s3_storage(storage_uri(t.storage_path), endpoint)
+    # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
+    cluster.require_shared(ray, cluster.train_paths(storage, tracking.tracking_uri(cfg, storage) if mlflow_enabled
+                                                    else None), "training run",
+                           {"CPU": t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if t.use_gpu else 0})
+    print(f"[train] driver on node {ray.get_runtime_context().get_node_id()}", flush=True)
     manifest = read_manifest(data_uri, cfg.data.s3_endpoint)
     if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
         free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker

@@ -198,6 +198,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed from checkpoint at iteration {start_it} (lineage {lineage})", flush=True)
     _write_status(config.get("status_dir"), rank, start_it)
+    if rank == 0:
+        print(f"[train] rank 0 of {world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
 
     # DDP wrappers (world size > 1) for train_step to call; nets keeps the bare modules (frozen calls, checkpoints)
     call = dataclasses.replace(nets, **{name: ray.train.torch.prepare_model(module, move_to_device=False)
