@@ -41,8 +41,8 @@ FAST = {
 }
 # regex → reason: commands that need a cluster, a server or credentials this test cannot provide
 EXTERNAL = {
-    r"\bray job submit\b|--address\b": "needs a running Ray cluster: tests/pipelines/test_job_submit.py submits a job "
-                                       "to a real head",
+    r"\bray job submit\b|--address\b": "needs a running Ray cluster: tests/pipelines/test_jobs.py submits jobs "
+                                       "to the local stack",
     r"https?://(?!127\.0\.0\.1)": "needs a remote server",
 }
 
