@@ -55,10 +55,12 @@ class SynthActor:
 
         from crfgan.checkpoint import load_generator_files
         from crfgan.config import config_from_dict
+        from crfgan.memory import pin_mmap_threshold
         from crfgan.storage import filesystem
         from crfgan.synth import Synthesizer
 
         self.cfg = config_from_dict(json.loads(cfg_json))
+        pin_mmap_threshold(256 * 2**10)  # per-volume buffers (≥ 256 KiB) go back to the OS when freed (crfgan.memory)
         torch.set_num_threads(max(1, int(self.cfg.synth.cpus_per_actor)))
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         g = load_generator_files(ray.get(files_ref[0]), device, where=model["uri"])

@@ -117,7 +117,10 @@ def test_job_writes_correct_volumes_to_s3_and_rerun_skips(ray_local, s3_server, 
     assert sorted(got) == [1, 2]
     for i in (1, 2):
         np.testing.assert_array_equal(got[i], arrays[i])
-    assert oct(os.stat(tmp_path / "one" / "synthetic_000001.nii.gz").st_mode & 0o040) == oct(0o040)  # group-readable
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = os.stat(tmp_path / "one" / "synthetic_000001.nii.gz").st_mode & 0o777
+    assert mode == 0o666 & ~mask, oct(mode)  # what a plain open() gives (group-readable under 022), never mkstemp's 0600
 
 
 def test_registry_errors_name_what_exists(ray_local, registered, mlflow_server, tmp_path, capsys, monkeypatch):  # noqa: F811
