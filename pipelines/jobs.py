@@ -35,6 +35,10 @@ JOB_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "AWS_DEFAULT_REGION", "AWS
 CHAIN = [
     ("preprocess", "crfgan preprocess --input {prefix}/scans/ --output {prefix}/shards --config {config}"),
     ("train", "crfgan train --data {prefix}/shards --config {config} --storage {prefix}/runs --run-name {run}"),
+    ("synthesize", "crfgan synthesize --model models:/{model}@candidate --count 2 --out {prefix}/synthetic"),
+    # the report folder is the job's own scratch space; with --model it is logged to that model's MLflow run
+    ("evaluate", "crfgan evaluate --real {prefix}/shards --synthetic {prefix}/synthetic --report report-{run} "
+                 "--model models:/{model}@candidate --config {config}"),
 ]
 
 

@@ -77,7 +77,7 @@ def stack(tmp_path_factory, fake_aws_env):
         assert down.returncode == 0 and not left, f"down left {left}: {down.stdout}{down.stderr}"
 
 
-def test_preprocess_train_chain_as_jobs_on_two_nodes(stack, tmp_path, monkeypatch):
+def test_preprocess_train_synthesize_evaluate_chain_as_jobs_on_two_nodes(stack, tmp_path, monkeypatch):
     import boto3
     from mlflow.tracking import MlflowClient
 
@@ -104,7 +104,8 @@ def test_preprocess_train_chain_as_jobs_on_two_nodes(stack, tmp_path, monkeypatc
 
     fields = jobs.chain_fields("s3://crfgan/e2e", "tiny", "e2e")
     overrides = {"preprocess": [f"data.val_fraction={val_fraction_for_one_val_volume()}"],
-                 "train": ["train.iterations=4", "train.log_every=2", "train.checkpoint_every=4", "train.val_every=4"]}
+                 "train": ["train.iterations=4", "train.log_every=2", "train.checkpoint_every=4", "train.val_every=4"],
+                 "evaluate": ["eval.ssl_steps=5"]}
     results = jobs.run_chain(address, fields, overrides, working_dir=str(REPO), env=env)
     outs = {r["stage"]: re.sub(r"\x1b\[[0-9;]*m", "", r["output"]) for r in results}
     assert [r["stage"] for r in results] == [s for s, _ in jobs.CHAIN]
@@ -155,3 +156,12 @@ def test_preprocess_train_chain_as_jobs_on_two_nodes(stack, tmp_path, monkeypatc
     assert run.info.status == "FINISHED" and "val_l1" in run.data.metrics, run.data.metrics
     assert run.data.tags["crfgan.data_uri"] == "s3://crfgan/e2e/shards"
     assert mv.tags["data_manifest_hash"]
+
+    # synthesis job: two volumes with sidecars and a job manifest on S3; evaluation logged to the model's run
+    syn = keys("crfgan", "e2e/synthetic/")
+    assert sum(k.endswith(".nii.gz") for k in syn) == 2 and sum(k.endswith(".json") and "/synthetic_" in k
+                                                                 for k in syn) == 2, syn
+    assert "e2e/synthetic/manifest.json" in syn, syn
+    evaluated = client.get_run(mv.run_id).data.metrics
+    assert any(k.startswith("eval.") for k in evaluated), sorted(evaluated)
+    assert any(k.endswith("index.html") and "/evaluation/" in k for k in keys("mlflow", "artifacts/"))
