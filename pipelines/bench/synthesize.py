@@ -85,7 +85,7 @@ def job_row(gdir: Path, size: int, actors: int, n: int, out: str) -> dict:
 
 
 def run(args) -> None:
-    from crfgan.bench.table import emit
+    from pipelines.bench.table import emit
     from pipelines.runtime import ensure_ray
 
     sizes = [int(s) for s in args.size.split(",")]
