@@ -216,12 +216,14 @@ def _tuner(spec: dict, space, cfg, resources: dict):
 
 
 def new_sweep(args) -> dict:
+    import pyarrow.fs as pafs
+
     from crfgan.config import load_config
     from crfgan.shards import read_manifest
     from pipelines.tune_space import load_space
 
     if not (args.data and args.space):
-        raise SystemExit("tune: --data and --space are required (or --resume SWEEP)")
+        raise FileNotFoundError("--data and --space are required (or --resume SWEEP)")
     overrides = {}
     for item in args.overrides:
         if "=" not in item:
@@ -235,6 +237,10 @@ def new_sweep(args) -> dict:
     storage = storage_uri(args.storage or cfg.train.storage_path)
     name = args.name or f"{space.path.rsplit('/', 1)[-1].rsplit('.', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = sub(storage, name)
+    fs, path = _fs(sub(root, SPEC_FILE))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        raise FileExistsError(f"sweep {name!r} already exists under {storage}: continue it with --resume {name} "
+                              "or choose another --name")
     with open(space.path, encoding="utf-8") as f:
         space_text = f.read()
     data = args.data if "://" in args.data else storage_uri(args.data)  # trials may run in another folder
@@ -307,7 +313,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         try:
             spec = new_sweep(args)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, FileExistsError) as e:
             print(f"tune: {e}", file=sys.stderr)
             return 2
         out = run_sweep(spec)

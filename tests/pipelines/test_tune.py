@@ -180,3 +180,15 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_local, tiny
     for t in done:  # not rerun: its reported results are exactly those from before the kill
         assert results(t) == before[t]
     assert "[tune] sweep resume: 3 trials (" in out and "0 failed" in out, out[-2000:]
+
+
+def test_existing_sweep_name_and_unknown_resume_are_refused(tiny_shards, tmp_path, capsys):  # noqa: F811
+    from pipelines.cli import main as cli_main
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "sweep.json").write_text("{}")
+    rc = cli_main(["tune", "--data", tiny_shards, "--space", str(QUICK), "--config", "tiny", "--storage",
+                   str(tmp_path), "--name", "taken"])
+    assert rc == 2 and "--resume taken" in capsys.readouterr().err
+    assert cli_main(["tune", "--resume", "nothing", "--storage", str(tmp_path)]) == 2
+    assert "no sweep 'nothing'" in capsys.readouterr().err
