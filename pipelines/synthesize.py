@@ -118,9 +118,9 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    import resource
+    from crfgan.memory import peak_rss_bytes
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_bytes() / 2**20
 
 
 def _present(fs, root: str, fmt: str) -> set[int]:

@@ -137,13 +137,13 @@ def _loop_in_child(inputs: str, out: str, config: str, warm: str) -> dict:
     """``run_loop`` in a fresh Python process (imports and a warm-up on ``warm`` done before its clock starts), so
     the loop's heap never inflates the driver's memory figures of the Ray runs interleaved with it; the child reports
     its own wall time, CPU seconds and peak RSS."""
-    code = ("import json, resource, sys, time; from crfgan.config import load_config; "
+    code = ("import json, sys, time; from crfgan.config import load_config; from crfgan.memory import peak_rss_bytes; "
             "from pipelines.bench import preprocess as b; "
             "cfg = load_config(sys.argv[3]); b.run_loop([sys.argv[4]], sys.argv[2] + '-warm', cfg); "
             "t0 = time.perf_counter(); c0 = time.process_time(); "
             "n = b.run_loop([sys.argv[1]], sys.argv[2], cfg); "
             "print(json.dumps({'volumes': n, 'seconds': time.perf_counter() - t0, 'cpu_s': time.process_time() - c0, "
-            "'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
+            "'peak_rss': peak_rss_bytes()}))")
     res = subprocess.run([sys.executable, "-c", code, inputs, out, config, warm], capture_output=True, text=True,
                          timeout=3600, check=False)
     if res.returncode:
