@@ -295,6 +295,10 @@ def run_local(cfg, data_uri: str) -> int:
 
 
 def _no_shards(data_uri: str, e: Exception) -> str:
+    from pipelines.cluster import NotSharedError
+
+    if isinstance(e, NotSharedError):  # a multi-node refusal says itself what to set
+        return f"train: {e}"
     return (f"train: {data_uri} has no manifest.json ({e.__class__.__name__}): --data takes the output folder of "
             f"crfgan preprocess, not raw scans (crfgan preprocess --input SCANS --output SHARDS first)")
 

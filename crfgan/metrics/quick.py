@@ -91,8 +91,12 @@ def fd_ssl_quick(g, cfg, state: dict, device="cpu", _cache: dict = {}) -> float:
     try:
         s = cfg.synth
         vols = []
+        k = cfg.model.num_classes
         for i in range(0, n, 2):  # two at a time: bounded memory at large sizes
-            v = g.render(z[i : i + 2], tiled=s.tiled, slab=s.slab_embedding_slices, halo=s.halo, norm_stats=s.norm_stats)
+            zi = z[i : i + 2]
+            # a class-conditional generator renders every class in turn (the real statistics span all of them)
+            cls = {"class_index": (torch.arange(i, i + len(zi)) % k).to(device)} if k else {}
+            v = g.render(zi, tiled=s.tiled, slab=s.slab_embedding_slices, halo=s.halo, norm_stats=s.norm_stats, **cls)
             vols.append(v[:, 0].float().cpu().numpy())
     finally:
         g.train(was)

@@ -41,8 +41,14 @@ class VolumeSet:
 
 
 def is_shards(uri: str, endpoint: str = "") -> bool:
+    """A ``crfgan preprocess`` output: a ``manifest.json`` that lists shards (a synthesis job's folder has a
+    ``manifest.json`` of its own, without them)."""
     fs, root = filesystem(uri, endpoint)
-    return exists(fs, join(root, "manifest.json"))
+    path = join(root, "manifest.json")
+    if not exists(fs, path):
+        return False
+    with fs.open_input_stream(path) as f:
+        return "shards" in json.loads(f.read())
 
 
 def _hash_arrays(vols: np.ndarray) -> str:

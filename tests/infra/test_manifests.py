@@ -141,7 +141,26 @@ def _entrypoints() -> list[tuple[str, str]]:
 
     for path, i, doc in _k8s_docs():
         walk(doc, f"{path.relative_to(INFRA)}#{i}")
+        if doc.get("kind") == "ConfigMap":  # a manifest template kept in a ConfigMap (the CronJob's RayJob)
+            for key, text in (doc.get("data") or {}).items():
+                if "entrypoint" in str(text):
+                    walk(yaml.safe_load(text), f"{path.relative_to(INFRA)}#{i}/{key}")
     return found
+
+
+def _configmap_values() -> dict[str, str]:
+    """Every ConfigMap key in infra/ → its value: what ``${VAR}`` in an entrypoint expands to on the cluster."""
+    return {k: str(v) for _, _, d in _k8s_docs() if d.get("kind") == "ConfigMap"
+            for k, v in (d.get("data") or {}).items()}
+
+
+def _expand(line: str) -> str:
+    """The shell expansions an entrypoint does on the Ray head: ``$(date …)`` → a date, ``${VAR}`` → the ConfigMap's
+    value (a placeholder path when no ConfigMap here sets it, as for ``CRFGAN_S3_PREFIX``)."""
+    values = _configmap_values()
+    line = re.sub(r"\$\(date -u \+%Y%m%d\)", "20261127", line)
+    line = re.sub(r"\$\(date[^)]*\)", "2026-11-27", line)
+    return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), f"s3://bucket/{m.group(1).lower()}"), line)
 
 
 ENTRYPOINTS = _entrypoints()
@@ -159,7 +178,7 @@ def _entrypoint_problem(where: str, line: str) -> str | None:
     from crfgan.config import preset_names
     from pipelines.cli import build_parser
 
-    words = shlex.split(line)
+    words = shlex.split(_expand(line))
     if "crfgan" not in words:
         return f"{where}: the entrypoint does not run crfgan: {line!r}"
     argv = words[words.index("crfgan") + 1:]

@@ -102,14 +102,14 @@ def test_asha_stops_a_clearly_worse_trial(ray_local, tiny_shards, tmp_path, caps
     space = _space(tmp_path, "metric: val_l1\nmode: min\nfixed:\n  train.iterations: 4\n  train.val_every: 2\n"
                              "  train.log_every: 2\n  train.checkpoint_every: 2\n  eval.quick_volumes: 0\n"
                              "  tune.search: grid\n  tune.num_samples: 1\n  tune.reduction_factor: 2\n"
-                             "space:\n  train.lr_e: {choice: [1.0e-2, 0.0]}\n")
+                             "space:\n  train.lr_e: {choice: [1.0e-2, 1.0e-12]}\n")
     args = build_parser().parse_args(["tune", "--data", tiny_shards, "--space", space, "--config", "tiny",
                                       "--storage", str(tmp_path), "--name", "asha", "--no-mlflow"])
     out = run_sweep(new_sweep(args))
     rows = {r["train.lr_e"]: r for r in out["rows"]}
     assert rows[1e-2]["status"] == "completed" and rows[1e-2]["stopped_at"] == 4
-    assert rows[0.0]["status"] == "stopped early" and rows[0.0]["stopped_at"] == 2
-    assert rows[0.0]["val_l1"] > rows[1e-2]["val_l1"]
+    assert rows[1e-12]["status"] == "stopped early" and rows[1e-12]["stopped_at"] == 2
+    assert rows[1e-12]["val_l1"] > rows[1e-2]["val_l1"]
     assert out["best"]["train.lr_e"] == 1e-2
     assert "1 stopped early" in capsys.readouterr().out
     # the stopped trial's workers were released: no placement group of the sweep holds CPUs any more
