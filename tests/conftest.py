@@ -42,3 +42,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: real-scan tests need ../shared/data beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_env():
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the process, and that variable wins over
+    ``mlflow.tracking_uri``: restore it after each test so one test's store never receives the next test's runs."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
