@@ -9,12 +9,11 @@ former single-head ``crfgan train`` job test: same head set-up through the real 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-import secrets
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,16 +27,11 @@ STACK = [sys.executable, str(REPO / "infra" / "local" / "stack.py")]
 
 
 def _port() -> int:
-    """A free port between Ray's worker ports (10002-19999) and the ephemeral range, like the stack's own."""
-    rng = secrets.SystemRandom()
-    while True:
-        port = rng.randrange(20000, 32000)
-        try:
-            with socket.socket() as s:
-                s.bind(("0.0.0.0", port))
-            return port
-        except OSError:
-            continue
+    """A free port chosen the way the stack chooses its own (``infra/local/stack.py``: bounded tries, 20000-32000)."""
+    spec = importlib.util.spec_from_file_location("crfgan_local_stack", REPO / "infra" / "local" / "stack.py")
+    stack_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack_module)
+    return stack_module._free_port()
 
 
 def _group_members(pgids: set[int]) -> list[int]:
