@@ -10,7 +10,7 @@ Layout of one training run in MLflow:
              ``generator/`` (a pyfunc model: generator.safetensors + config.json + the model code)
   registry   ``mlflow.registered_model`` version with alias ``candidate`` and tags data_manifest_hash, git_commit.
 
-Tracking URI: ``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else ``sqlite:///<storage>/mlflow.db`` (embedded:
+Tracking URI: ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<storage>/mlflow.db`` (embedded:
 a laptop needs no server; artifacts then live in ``<storage>/mlartifacts``). Clusters should use a server.
 The registered model is a models-from-code pyfunc: no pickle anywhere, weights in safetensors.
 """
@@ -56,7 +56,9 @@ def is_local(path: str) -> bool:
 
 
 def tracking_uri(cfg, storage: str) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
+    # an explicit mlflow.tracking_uri wins: mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI process-wide, so
+    # in one process an earlier stage's store would otherwise capture a later stage's runs
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     root = Path(storage if is_local(storage) else ".").expanduser().resolve()
