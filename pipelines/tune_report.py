@@ -164,7 +164,8 @@ def finish(spec: dict, cfg, space, grid, seconds: float) -> dict:
             client.set_tag(rid, "crfgan.tune.stopped_at", str(r["stopped_at"]))
             if r[metric] is not None and r["stopped_at"] is not None:
                 client.log_metric(rid, f"tune.{metric}", r[metric], step=r["stopped_at"])
-            if child.info.status == "RUNNING":  # the trial's own driver was stopped before it could end the run
+            # a trial's own driver may be stopped before it ends its run, or end it FAILED while ASHA stops it
+            if child.info.status == "RUNNING" or r["status"] == "stopped early":
                 client.set_terminated(rid, "FAILED" if r["status"] == "error" else
                                       "KILLED" if r["status"] == "stopped early" else "FINISHED")
         if best is not None:
