@@ -41,6 +41,19 @@ HOW_TO_READ = """\
 """
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path) -> str:
+    """Label a one-axis line plot, save it as ``path`` and close it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save_png(fig, path)
+    plt.close(fig)
+    return path.name
+
+
 def _save_png(fig_or_img, path: Path) -> None:
     with atomic_local_path(path, suffix=".png") as tmp:
         if hasattr(fig_or_img, "savefig"):
@@ -74,25 +87,16 @@ def _plots(stats: dict, modality: str, window, seams: list[int], out: Path) -> d
     for name, s in stats.items():
         h = s["hist"].reshape(-1, 16).sum(1)  # 128 display bins
         ax.semilogy(x.reshape(-1, 16).mean(1), h / h.sum() + 1e-7, label=name)
-    ax.set_xlabel("HU" if modality == "ct" else "intensity ([-1, 1])")
-    ax.set_ylabel("fraction of voxels")
-    ax.legend(fontsize=8)
-    ax.set_title("Intensity histograms")
-    _save_png(fig, out / "histograms.png")
-    plt.close(fig)
-    files["histograms"] = "histograms.png"
+    files["histograms"] = _finish(
+        fig, ax, "HU" if modality == "ct" else "intensity ([-1, 1])", "fraction of voxels", "Intensity histograms",
+        out / "histograms.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, s in stats.items():
         p = s["spectrum"]
         ax.semilogy(np.arange(1, len(p)), p[1:], label=name)
-    ax.set_xlabel("radial frequency (cycles per volume)")
-    ax.set_ylabel("power")
-    ax.legend(fontsize=8)
-    ax.set_title("Radially averaged 3D power spectra")
-    _save_png(fig, out / "power_spectra.png")
-    plt.close(fig)
-    files["power_spectra"] = "power_spectra.png"
+    files["power_spectra"] = _finish(
+        fig, ax, "radial frequency (cycles per volume)", "power", "Radially averaged 3D power spectra", out / "power_spectra.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, s in stats.items():
@@ -100,13 +104,9 @@ def _plots(stats: dict, modality: str, window, seams: list[int], out: Path) -> d
         ax.plot(np.arange(1, len(step)), step[1:], marker=".", label=name)
     for b in seams:
         ax.axvline(b, color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("depth boundary (axial slice); dashed: sub-volume borders")
-    ax.set_ylabel("mean |x[b] − x[b−1]|")
-    ax.legend(fontsize=8)
-    ax.set_title("Seam profiles")
-    _save_png(fig, out / "seam_profiles.png")
-    plt.close(fig)
-    files["seam_profiles"] = "seam_profiles.png"
+    files["seam_profiles"] = _finish(
+        fig, ax, "depth boundary (axial slice); dashed: sub-volume borders", "mean |x[b] − x[b−1]|", "Seam profiles",
+        out / "seam_profiles.png")
     return files
 
 
