@@ -120,7 +120,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple, sigma: float) -> np.nd
     white = rng.standard_normal(shape, dtype=np.float32)
     freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
     k2 = sum(np.square(f).reshape([-1 if i == j else 1 for j in range(len(shape))]) for i, f in enumerate(freqs))
-    out = np.fft.irfftn(np.fft.rfftn(white) * np.exp(-2 * np.pi**2 * sigma**2 * k2), s=shape).astype(np.float32)
+    out = np.fft.irfftn(np.fft.rfftn(white) * np.exp(-2 * np.pi**2 * sigma**2 * k2), s=shape, axes=tuple(range(len(shape)))).astype(np.float32)
     return out / max(float(out.std()), 1e-6)
 
 
@@ -180,7 +180,7 @@ def phantom_volume(index: int, size: int = 64, seed: int = 0, return_labels: boo
     may, mdy = _wave(rng, t, float(rng.uniform(0.02, 0.06)), 0.2, 1.0)
     max_, mdx = _wave(rng, t, float(rng.uniform(0.02, 0.06)), 0.2, 1.0)
     ay, ax = ay0 * (1 + may), ax0 * (1 + max_)
-    fat = float(rng.uniform(0.03, 0.07))
+    fat = float(rng.uniform(0.05, 0.10))
     ayi, axi = ay - fat, ax - fat  # inner (soft tissue) ellipse
     body = _ellipse(yy, xx, col(cy), col(cx), col(ay), col(ax))
     inner = _ellipse(yy, xx, col(cy), col(cx), col(ayi), col(axi))

@@ -10,6 +10,8 @@ Stages (the pure work is ``crfgan.io.load_scan`` → ``crfgan.volume.prepare``):
    atomically; only small JSON metadata comes back to the driver. Any exception becomes an error row
    (source_uri, stage, reason) and the run goes on; a block whose worker dies ``data.task_retries`` + 1 times is
    skipped (``DataContext.max_errored_blocks``) and its units become error rows with stage ``worker``.
+   ``phantom://N?size=S&seed=K`` inputs are N units generated in the worker (``crfgan.phantom``, 1 mm spacing unless
+   ``spacing=MM``, modality CT); their generative factors go to ``phantom_factors.json`` next to the manifest.
 3. Driver plans shards (per split, sorted by volume id, cut at ``data.shard_target_mb``); one Ray task per shard
    writes it atomically from the staging files; then ``errors.parquet`` and ``manifest.json`` (last).
 
@@ -31,6 +33,8 @@ import traceback
 import warnings
 
 from pipelines.args import add_config_arguments
+
+PHANTOM_FACTORS = "phantom_factors.json"  # sidecar of phantom:// inputs: generative factors per volume id
 
 # pyarrow, torch (through crfgan.volume) and Ray are imported inside the functions that use them, so that
 # ``crfgan preprocess --help`` starts without them.
@@ -60,7 +64,11 @@ def _volumes_of(unit: dict, tmp: str, endpoint: str, max_voxels: int, origin: di
 
     origin = {} if origin is None else origin
     uri, kind = unit["uri"], unit["kind"]
-    if kind == "file":
+    if kind == "phantom":  # generated here, nothing to read: crfgan.phantom
+        from crfgan.phantom import phantom_scan
+
+        yield uri, functools.partial(phantom_scan, uri)
+    elif kind == "file":
         if uri.startswith("s3://"):
             yield uri, lambda: load_scan(sources.read_scan_bytes(uri, endpoint, max_voxels), name=uri,
                                          max_voxels=max_voxels)
@@ -123,7 +131,7 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
         meta = pq.ParquetFile(staging, filesystem=fs).schema_arrow.metadata or {}
         done = json.loads(meta[b"crfgan.result"])
         return {**done, "staging": staging, "skipped": True}
-    rows, metas, errors = [], [], []
+    rows, metas, errors, factors = [], [], [], {}
     s = cfg.model.image_size
     origin: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="crfgan-pre-") as tmp:
@@ -143,6 +151,8 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
                            "slab_depth": cfg.model.slab_depth, "num_slabs": s // cfg.model.slab_depth,
                            "config_hash": cfg.data_hash()}
                     rows.append(row)
+                    if "phantom_factors" in scan.meta:  # known generative factors: to the sidecar, not the rows
+                        factors[vid] = {"source_uri": name, "factors": scan.meta["phantom_factors"]}
                     metas.append({"volume_id": vid, "source_uri": name, "split": row["split"], "modality": modality,
                                   "spacing": row["spacing"], "original_shape": row["original_shape"],
                                   "nbytes": int(vol.size * 2), "row": len(rows) - 1})
@@ -155,6 +165,8 @@ def process_unit(unit: dict, cfg, out_uri: str, endpoint: str) -> dict:
         except Exception as e:  # noqa: BLE001 — staging / listing failed (network, permissions): retried on the next run
             errors.append({"source_uri": unit["uri"], "stage": "fetch", "reason": _reason(e)})
     result = {"unit": unit["uri"], "bytes_in": unit["size"], "volumes": metas, "errors": errors}
+    if factors:
+        result["phantom_factors"] = factors
     table = rows_to_table(rows, s)
     if not any(e["stage"] == "fetch" for e in errors):
         table = table.replace_schema_metadata({"crfgan.result": json.dumps(result)})
@@ -210,9 +222,10 @@ def data_context(**settings):
 
 def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
-    from pipelines import cluster
+    from pipelines import cluster, sources
     from pipelines.runtime import ensure_ray
 
+    sources.check_inputs(inputs)  # a bad phantom:// query fails here, before Ray starts
     # a relative output means the caller's working directory, not that of a Ray worker
     output = output if "://" in output else os.path.abspath(output)
     ray = ensure_ray()
@@ -302,10 +315,31 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
         "staging_bytes": _tree_bytes(fs, join(root, STAGING_DIR, cfg.data_hash())),
         "staging_kept": cfg.data.keep_staging, "elapsed_s": round(time.time() - t0, 3),
     }
+    manifest["phantom_factors_path"] = _write_phantom_factors(fs, root, output, results, metas)
     write_manifest(fs, root, manifest)
     _drop_stale_shards(fs, root, {sh["path"] for sh in shards})
     _clean_staging(fs, root, cfg.data_hash() if cfg.data.keep_staging else None)
     return manifest
+
+
+def _write_phantom_factors(fs, root: str, output: str, results: list[dict], metas: list[dict]) -> str | None:
+    """``phantom_factors.json``: the generative factors of every phantom volume written (by volume id, with its
+    source URI and split); removed when this run has none, so a stale sidecar never describes other shards."""
+    from pyarrow.fs import FileType
+
+    from crfgan.shards import join, write_bytes_atomic
+
+    split = {m["volume_id"]: m["split"] for m in metas}
+    rows = [{"volume_id": vid, "split": split[vid], **f} for r in results
+            for vid, f in r.get("phantom_factors", {}).items() if vid in split]
+    path = join(root, PHANTOM_FACTORS)
+    if not rows:
+        if fs.get_file_info(path).type == FileType.File:
+            fs.delete_file(path)
+        return None
+    rows.sort(key=lambda r: r["source_uri"])
+    write_bytes_atomic(fs, path, json.dumps({"volumes": rows}, indent=1).encode())
+    return join(output.rstrip("/"), PHANTOM_FACTORS)
 
 
 def _tree_bytes(fs, path: str) -> int:
@@ -349,7 +383,8 @@ def _drop_stale_shards(fs, root: str, keep: set[str]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="URI",
-                        help="folder, glob, file, zip/tar archive or s3://bucket/prefix; repeatable")
+                        help="folder, glob, file, zip/tar archive, s3://bucket/prefix, or phantom://N?size=S&seed=K "
+                             "(N procedural CT phantoms; generative factors in phantom_factors.json); repeatable")
     parser.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
     add_config_arguments(parser)  # the same default preset as crfgan train, so their shards and model agree
 
@@ -362,9 +397,11 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"preprocess: {e}", file=sys.stderr)
         return 2
+    from pipelines.sources import InputError
+
     try:
         m = run(args.input, args.output, cfg)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, InputError) as e:
         print(f"preprocess: {e}", file=sys.stderr)
         return 2
     total = m["volumes_ok"] + m["volumes_failed"]

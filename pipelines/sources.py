@@ -4,6 +4,9 @@ Discovery lists **paths and sizes only** (never file contents) and turns them in
 folder of DICOM files (split into series later, by SeriesInstanceUID, inside the worker that stages the folder), or
 one archive. Reading happens in Ray tasks (``pipelines/preprocess.py``).
 
+``phantom://N?size=S&seed=K[&spacing=MM]`` is a synthetic input: N units, one procedural CT phantom each
+(``crfgan.phantom``), generated inside the worker; its query is checked by ``check_inputs`` before Ray starts.
+
 Archives are extracted by ``safe_extract``: every member is checked first, and the whole archive is refused when
 any member has an absolute path, a ``..`` component, or is a link that points outside the extraction folder; regular
 files are then written by our own code under the target folder only (never ``extractall``).
@@ -34,6 +37,34 @@ MAX_EXTRACT_BYTES = 64 * 2**30  # refuse archives that would unpack to more than
 
 class UnsafeArchive(ValueError):
     pass
+
+
+class InputError(ValueError):
+    """An input URI that cannot be used at all (a bad ``phantom://`` query); raised before any work starts."""
+
+
+def check_inputs(inputs: list[str]) -> None:
+    """Raise ``InputError`` for an input that is malformed on its face (cheap, no listing; run before Ray starts)."""
+    from crfgan.phantom import PhantomURIError, parse_uri
+
+    for uri in inputs:
+        if uri.startswith("phantom://"):
+            try:
+                parse_uri(uri)
+            except PhantomURIError as e:
+                raise InputError(f"input {e}") from None
+
+
+def _phantom_units(uri: str) -> list[dict]:
+    """``phantom://N?…`` → N units of kind ``phantom``, named by each volume's canonical URI."""
+    from crfgan.phantom import VERSION, PhantomURIError, parse_uri, volume_uri
+
+    try:
+        q = parse_uri(uri)
+    except PhantomURIError as e:
+        raise InputError(f"input {e}") from None
+    return [{"uri": volume_uri(i, q["size"], q["seed"], q["spacing_mm"]), "kind": "phantom", "size": 0, "files": [],
+             "version": f"phantom-v{VERSION}"} for i in range(q["count"])]
 
 
 def kind_of(name: str) -> str | None:
@@ -128,9 +159,13 @@ def _list_s3(uri: str, endpoint: str) -> list[tuple[str, int, str]]:
 
 
 def discover(inputs: list[str], endpoint: str = "") -> list[dict]:
-    """Units for every input URI (local path/glob or ``s3://bucket/prefix[glob]``), sorted and de-duplicated."""
+    """Units for every input URI (local path/glob, ``s3://bucket/prefix[glob]`` or ``phantom://N?size=S&seed=K``),
+    sorted and de-duplicated."""
     units = {}
     for uri in inputs:
+        if uri.startswith("phantom://"):
+            units.update({u["uri"]: u for u in _phantom_units(uri)})
+            continue
         if uri.startswith("s3://"):
             listing, scheme = _list_s3(uri, endpoint), "s3://"
         else:

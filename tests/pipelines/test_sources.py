@@ -132,3 +132,66 @@ def test_unit_key_changes_when_a_file_is_replaced_in_place_with_the_same_size(tm
     for uri in ("s3://replaced/in/a.nii", "s3://replaced/in/dicom"):
         assert u1[uri]["size"] == u2[uri]["size"] and u1[uri]["version"]
         assert sources.unit_key(u1[uri], "h") != sources.unit_key(u2[uri], "h")
+
+
+# ---------------------------------------------------------------------------------------------------- phantoms
+def test_phantom_input_becomes_one_unit_per_volume_named_by_its_canonical_uri():
+    units = discover(["phantom://3?size=32&seed=5", "phantom://2?seed=5&size=32"])  # the second adds nothing new
+    assert [u["uri"] for u in units] == [f"phantom://volume/{i}?size=32&seed=5" for i in range(3)]
+    assert {u["kind"] for u in units} == {"phantom"} and all(u["version"].startswith("phantom-v") for u in units)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("phantom://0?size=32&seed=0", "count N must be >= 1"),
+    ("phantom://4?size=0&seed=0", "size must be in [16, 512]"),
+    ("phantom://4?size=32&sed=0", "unknown key 'sed'"),
+])
+def test_bad_phantom_query_is_an_error_before_ray_starts(uri, message, monkeypatch, capsys):
+    import argparse
+
+    from pipelines import preprocess, runtime
+
+    def no_ray():
+        raise AssertionError("Ray was started for a bad phantom:// input")
+
+    monkeypatch.setattr(runtime, "ensure_ray", no_ray)
+    p = argparse.ArgumentParser()
+    preprocess.add_arguments(p)
+    rc = preprocess.main(p.parse_args(["--input", uri, "--output", "/nonexistent/out", "--config", "tiny"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and uri in err
+
+
+def test_preprocess_phantoms_into_shards_with_a_factor_sidecar(tmp_path, ray_local):
+    import argparse
+    import json
+
+    import numpy as np
+
+    from crfgan.phantom import measure, to_hu
+    from crfgan.shards import read_volumes
+    from pipelines import preprocess
+
+    p = argparse.ArgumentParser()
+    preprocess.add_arguments(p)
+    out = tmp_path / "shards"
+    rc = preprocess.main(p.parse_args(["--input", "phantom://4?size=32&seed=0", "--output", str(out),
+                                       "--config", "tiny"]))
+    assert rc == 0
+    rows = list(read_volumes(out, split=None))
+    assert len(rows) == 4 and {r["modality"] for r in rows} == {"ct"}
+    assert {r["source_uri"] for r in rows} == {f"phantom://volume/{i}?size=32&seed=0" for i in range(4)}
+    assert all(r["spacing"] == [1.0, 1.0, 1.0] and r["volume"].shape == (32, 32, 32) for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    sidecar = json.loads((out / "phantom_factors.json").read_text())["volumes"]
+    assert manifest["phantom_factors_path"] == str(out / "phantom_factors.json")
+    by_id = {v["volume_id"]: v for v in sidecar}
+    assert set(by_id) == {r["volume_id"] for r in rows}
+    for r in rows:
+        f = by_id[r["volume_id"]]
+        assert f["source_uri"] == r["source_uri"] and f["split"] == r["split"]
+        assert f["factors"]["index"] == int(r["source_uri"].split("/")[3].split("?")[0])
+        # what the factors say is what a user measures on the shard (window-clipped, float16, back to HU)
+        lung = measure(to_hu(r["volume"]))["lung_volume_fraction"]
+        assert abs(lung - f["factors"]["lung_volume_fraction"]) < 0.03, (lung, f["factors"]["lung_volume_fraction"])
+    assert len({round(float(np.abs(r["volume"]).mean()), 4) for r in rows}) == 4  # four distinct volumes
