@@ -120,7 +120,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple, sigma: float) -> np.nd
     white = rng.standard_normal(shape, dtype=np.float32)
     freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
     k2 = sum(np.square(f).reshape([-1 if i == j else 1 for j in range(len(shape))]) for i, f in enumerate(freqs))
-    out = np.fft.irfftn(np.fft.rfftn(white) * np.exp(-2 * np.pi**2 * sigma**2 * k2), s=shape, axes=tuple(range(len(shape)))).astype(np.float32)
+    axes = tuple(range(len(shape)))
+    spectrum = np.fft.rfftn(white, axes=axes) * np.exp(-2 * np.pi**2 * sigma**2 * k2)
+    out = np.fft.irfftn(spectrum, s=shape, axes=axes).astype(np.float32)
     return out / max(float(out.std()), 1e-6)
 
 
