@@ -128,7 +128,10 @@ def describe(volumes, params: SWDParams = SWDParams(), name: str = "volumes") ->
     chunks of one set are joined with ``merge_descriptors`` (positions are the same for every volume)."""
     v = _check(volumes, name)
     pyr = laplacian_pyramid(v, params.levels, params.patch)
-    return {"shape": tuple(v.shape[1:]), "n": len(v), "low": pyr[-1],
+    flip = np.ascontiguousarray(v[..., ::-1])
+    for _ in range(len(pyr) - 1):  # the mirror image's own low-pass (subsampling phase differs from a flipped one)
+        flip = _down(flip)
+    return {"shape": tuple(v.shape[1:]), "n": len(v), "low": pyr[-1], "low_flip": flip,
             "levels": [patches(lev, params.patch, params.patches_per_volume, params.seed + li)
                        for li, lev in enumerate(pyr)]}
 
@@ -136,6 +139,7 @@ def describe(volumes, params: SWDParams = SWDParams(), name: str = "volumes") ->
 def merge_descriptors(chunks: list[dict]) -> dict:
     return {"shape": chunks[0]["shape"], "n": sum(c["n"] for c in chunks),
             "low": np.concatenate([c["low"] for c in chunks]),
+            "low_flip": np.concatenate([c["low_flip"] for c in chunks]),
             "levels": [np.concatenate([c["levels"][li] for c in chunks]) for li in range(len(chunks[0]["levels"]))]}
 
 
@@ -148,17 +152,19 @@ class Reference:
     scales: list            # per level
     quantiles: list         # per level: (quantiles, directions)
     low: np.ndarray         # (N, d, h, w): the real volumes' low-pass level
+    low_flip: np.ndarray    # the same of their left-right mirror images
 
     def to_arrays(self) -> dict:
         p = self.params
         return {"shape": np.asarray(self.shape), "scales": np.asarray(self.scales),
-                "quantiles": np.stack(self.quantiles), "low": self.low,
+                "quantiles": np.stack(self.quantiles), "low": self.low, "low_flip": self.low_flip,
                 "params": np.asarray([p.levels, p.patch, p.patches_per_volume, p.directions, p.quantiles, p.seed])}
 
     @classmethod
     def from_arrays(cls, a: dict) -> "Reference":
         p = SWDParams(*(int(v) for v in a["params"]))
-        return cls(p, tuple(int(v) for v in a["shape"]), list(a["scales"]), list(a["quantiles"]), a["low"])
+        return cls(p, tuple(int(v) for v in a["shape"]), list(a["scales"]), list(a["quantiles"]), a["low"],
+                   a["low_flip"])
 
 
 def reference_from(desc: dict, params: SWDParams = SWDParams()) -> Reference:
@@ -170,7 +176,7 @@ def reference_from(desc: dict, params: SWDParams = SWDParams()) -> Reference:
         scales.append(s)
         qs.append(_level_quantiles(d / s, directions(d.shape[1], params.directions, params.seed + li),
                                    params.quantiles))
-    return Reference(params, tuple(desc["shape"]), scales, qs, desc["low"])
+    return Reference(params, tuple(desc["shape"]), scales, qs, desc["low"], desc["low_flip"])
 
 
 def describe_chunked(volumes, params: SWDParams = SWDParams(), name: str = "volumes", chunk: int = 4) -> dict:
@@ -204,7 +210,7 @@ def dup_ratio_from(low_syn: np.ndarray, low_real: np.ndarray) -> float:
     return float(_nn(low_syn[:n].reshape(n, -1)).mean()) / real_nn if real_nn > 0 else float("nan")
 
 
-def memorisation_ratio(low_syn: np.ndarray, low_train: np.ndarray) -> float:
+def memorisation_ratio(low_syn: np.ndarray, low_train: np.ndarray, low_train_flip: np.ndarray) -> float:
     """Mean distance from each synthetic volume to its nearest training volume *or its left-right mirror image*,
     over the training set's own nearest-other-volume distance: ≈1 or more for new volumes, → 0 for copies (plain
     or flipped). On the low-pass level, so blur does not read as memorisation."""
@@ -212,7 +218,7 @@ def memorisation_ratio(low_syn: np.ndarray, low_train: np.ndarray) -> float:
     if n < 2:
         return float("nan")
     t = low_train.reshape(n, -1)
-    both = np.concatenate([t, np.ascontiguousarray(low_train[..., ::-1]).reshape(n, -1)])
+    both = np.concatenate([t, low_train_flip.reshape(n, -1)])
     own = float(_nn(t).mean())
     return float(_nn(low_syn.reshape(len(low_syn), -1), both).mean()) / own if own > 0 else float("nan")
 
@@ -229,7 +235,7 @@ def score_from(ref: Reference, desc: dict) -> dict:
         q = _level_quantiles(d / ref.scales[li], directions(d.shape[1], p.directions, p.seed + li), p.quantiles)
         per.append(float(np.abs(q - ref.quantiles[li]).mean()) * 100)
     return {"swd": float(np.mean(per)), "swd_levels": per, "dup_ratio": dup_ratio_from(desc["low"], ref.low),
-            "memorisation_ratio": memorisation_ratio(desc["low"], ref.low)}
+            "memorisation_ratio": memorisation_ratio(desc["low"], ref.low, ref.low_flip)}
 
 
 def score(ref: Reference, synthetic) -> dict:
