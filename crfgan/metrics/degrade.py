@@ -63,10 +63,12 @@ def slab_shift(voxels: int):
 
 
 def distinct(k: int):
-    """Only ``k`` distinct volumes (each repeated): partial mode collapse; ``k = 1``: full collapse."""
+    """Only ``k`` distinct volumes (each repeated): partial mode collapse; ``k = 1``: full collapse (a set of at most
+    ``k`` volumes stays as it is)."""
     def f(v, rng, ctx):
-        keep = rng.choice(len(v), size=k, replace=False)
-        return np.stack([v[keep[i % k]] for i in range(len(v))])
+        n = min(k, len(v))
+        keep = rng.choice(len(v), size=n, replace=False)
+        return np.stack([v[keep[i % n]] for i in range(len(v))])
     return f
 
 

@@ -58,15 +58,26 @@ def hist_w1_hu(q_real, q_syn, modality: str = "ct", window=(-1024.0, 600.0)) -> 
     return float(np.mean(np.abs(np.asarray(q_real) - np.asarray(q_syn)))) * HU_PER_UNIT
 
 
-def log_histogram(volumes) -> "np.ndarray":
-    """The set's intensity histogram on the model scale (406 bins over [−1, 1]: 4 HU each in the default CT
-    window), log(1 + count), smoothed (σ = 2 bins) and centred: peak *positions* weigh, tissue proportions little."""
+def histogram_counts(volumes) -> "np.ndarray":
+    """Raw counts on the headline's bins (additive over chunks of a set)."""
+    import numpy as np
+
+    h, _ = np.histogram(np.clip(np.asarray(volumes, dtype=np.float32).ravel(), -1, 1), bins=HIST_BINS, range=(-1, 1))
+    return h.astype(np.float64)
+
+
+def log_histogram_from_counts(h) -> "np.ndarray":
     import numpy as np
     from scipy.ndimage import gaussian_filter1d
 
-    h, _ = np.histogram(np.clip(np.asarray(volumes, dtype=np.float32).ravel(), -1, 1), bins=HIST_BINS, range=(-1, 1))
-    h = gaussian_filter1d(np.log1p(h.astype(np.float64)), 2.0)
+    h = gaussian_filter1d(np.log1p(np.asarray(h, dtype=np.float64)), 2.0)
     return h - h.mean()
+
+
+def log_histogram(volumes) -> "np.ndarray":
+    """The set's intensity histogram on the model scale (406 bins over [−1, 1]: 4 HU each in the default CT
+    window), log(1 + count), smoothed (σ = 2 bins) and centred: peak *positions* weigh, tissue proportions little."""
+    return log_histogram_from_counts(histogram_counts(volumes))
 
 
 def intensity_shift(h_real, h_syn, modality: str = "ct", window=(-1024.0, 600.0)) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 
 METRICS = {  # name → +1 if higher is worse, −1 if lower is worse
     "quality_score": 1, "swd_fine": 1, "intensity_shift_abs": 1, "hist_w1_hu": 1, "dup_ratio": -1, "seam_score": 1,
-    "memorisation_ratio": -1, "swd_all": 1, "spectrum_dist": 1,
+    "memorisation_ratio": -1, "swd_all": 1, "spectrum_dist": 1, "fd_ssl": 1,
 }
 HEADLINE_EXEMPT = ("memorised copies", "memorised, flipped")  # perfect fidelity by construction: memorisation_ratio's job
 
@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--spacing", type=float, default=3.0, help="resample the scan to this spacing in mm (default 3)")
     p.add_argument("--config", default="", help="model preset whose sub-volume borders place the seams "
                                                 "(default: tiny at 32³, ct64 at 64³, ctS otherwise)")
+    p.add_argument("--with-fd", action="store_true",
+                   help="also fd_ssl: the SSL extractor trained on each seed's reference set as `crfgan evaluate` does "
+                        "(eval.ssl_* defaults; minutes per seed on a CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
 
 
@@ -57,17 +60,32 @@ def crops(src: np.ndarray, size: int, n: int, rng: np.random.Generator) -> np.nd
     return np.stack(out).astype(np.float32)
 
 
-def _metrics(ref: dict, real_spectrum, vols, geometry) -> dict:
+def _metrics(ref: dict, real_spectrum, vols, geometry, fd=None) -> dict:
     from crfgan.metrics import headline
     from crfgan.metrics.physics import mean_spectrum, spectrum_distance_from
 
     m = headline.assess(ref, vols, geometry)
     m["intensity_shift_abs"] = abs(m["intensity_shift_hu"])
     m["spectrum_dist"] = spectrum_distance_from(real_spectrum, mean_spectrum(vols))
-    return {k: m[k] for k in METRICS}
+    out = {k: m[k] for k in METRICS if k in m}
+    if fd is not None:
+        out["fd_ssl"] = fd(vols)
+    return out
 
 
-def suite(size: int, volumes: int, seeds: int, src: np.ndarray, geometry, log=print) -> dict:
+def _fd_ssl(real):
+    """fd_ssl against ``real`` with an extractor trained on it, as ``crfgan evaluate`` does (eval.ssl_* defaults)."""
+    from crfgan.config import load_config
+    from crfgan.metrics.distances import frechet_distance
+    from crfgan.metrics.features import extract, train_extractor
+    from crfgan.metrics.quick import ssl_params
+
+    ext = train_extractor(real, "bench-metrics", ssl_params(load_config("tiny")))
+    fr = extract(ext, real)
+    return lambda v: frechet_distance(fr, extract(ext, v))
+
+
+def suite(size: int, volumes: int, seeds: int, src: np.ndarray, geometry, log=print, with_fd: bool = False) -> dict:
     """{row: {metric: [value per seed]}} with the row "floor" first."""
     from crfgan.metrics import degrade, headline
     from crfgan.metrics.physics import mean_spectrum
@@ -78,11 +96,12 @@ def suite(size: int, volumes: int, seeds: int, src: np.ndarray, geometry, log=pr
         rng = np.random.default_rng(seed)
         R, H = crops(src, size, volumes, rng), crops(src, size, volumes, rng)
         ref, spec = headline.reference(R), mean_spectrum(R)
+        fd = _fd_ssl(R) if with_fd else None
         ctx = {"hu": headline.HU_PER_UNIT, "slab": geometry[0], "reference": R}
         rows = {"floor": H, **{name: f(H, np.random.default_rng(1000 + seed), ctx)
                                for name, (f, _) in degrade.SUITE.items()}}
         for name, v in rows.items():
-            for k, x in _metrics(ref, spec, v, geometry).items():
+            for k, x in _metrics(ref, spec, v, geometry, fd).items():
                 values.setdefault(name, {}).setdefault(k, []).append(float(x))
         log(f"[bench metrics] {size}³ seed {seed}: {len(rows)} sets in {time.perf_counter() - t0:.1f} s")
     return values
@@ -135,7 +154,7 @@ def run(args) -> None:
     tables, rows = {}, []
     for size in args.sizes:
         geometry, preset_name = _geometry(size, args.config)
-        s = summarise(suite(size, args.volumes, args.seeds, src, geometry))
+        s = summarise(suite(size, args.volumes, args.seeds, src, geometry, with_fd=args.with_fd))
         tables[size] = {"geometry": {"border_period": geometry[0], "grid": geometry[1], "preset": preset_name}, **s}
         fl = {"size": size, "set": "floor (held-out real)"}
         fl.update({k: f"{v['floor_mean']:.3g} ± {v['floor_sd']:.2g}" for k, v in s["floor"].items()})
