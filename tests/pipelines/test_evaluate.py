@@ -78,7 +78,6 @@ def test_evaluate_report_and_mlflow(ray_local, tiny_shards, registered, mlflow_s
     assert m["ratios"]["brighter"]["hist_w1_hu"]["ratio"] > 1
     assert "difference" in m["ratios"]["brighter"]["kid_ssl"]  # signed: a difference, never a ratio
     assert list(m["metrics"]["brighter"])[0] == "quality_score"
-    assert bright["quality_score"] > hu["quality_score"]  # 0.3 units (244 HU) brighter: the intensity term
     assert "seam_score" not in hu and any("seam score skipped" in n for n in m["notes"])  # 32³
     assert any(n.startswith("fid_med3d/mmd_med3d skipped") for n in m["notes"])
     assert len(m["extractor"]["sha256"]) == 64
