@@ -156,6 +156,7 @@ class TuneConfig:
 @dataclass
 class EvalConfig:
     num_volumes: int = 4
+    score_volumes: int = 16  # volumes rendered for quality_score (Tune's objective) at every train.val_every (0: off)
     quick_volumes: int = 8  # volumes rendered for fd_ssl_quick at every train.val_every (0: score off)
     ssl_steps: int = 100  # SimCLR steps of the SSL feature extractor (crfgan.metrics.features)
     ssl_batch: int = 16  # regions per SSL step (two views each)
@@ -306,6 +307,7 @@ class Config:
 
         e = self.eval
         _check(e.quick_volumes == 0 or e.quick_volumes >= 2, "eval.quick_volumes", "must be 0 (off) or >= 2")
+        _check(e.score_volumes == 0 or e.score_volumes >= 2, "eval.score_volumes", "must be 0 (off) or >= 2")
         _check(e.ssl_steps >= 1 and e.ssl_batch >= 2 and e.ssl_width >= 1 and e.ssl_max_volumes >= 1, "eval.ssl_steps",
                "ssl_steps, ssl_width and ssl_max_volumes must be >= 1 and ssl_batch >= 2")
         _check(not e.med3d_weights or len(e.med3d_sha256) == 64, "eval.med3d_sha256",

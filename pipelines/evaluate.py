@@ -148,9 +148,7 @@ def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | 
         metrics[name].update(extra)
     ratios = None
     if len(sets) > 1:
-        first = metrics[sets[0].name]
-        ratios = {n: {k: (v / first[k] if isinstance(v, float) and isinstance(first.get(k), float) and first[k] else None)
-                      for k, v in m.items() if not k.startswith("n_")} for n, m in metrics.items()}
+        ratios = compute.versus_first(metrics)
     result = {"real": {"uri": scrub_uri(real.uri), "n": len(real.volumes), "modality": real.modality,
                        "data_hash": real.data_hash, "size": s},
               "synthetic": {st.name: {"uri": scrub_uri(st.uri), "n": len(st.volumes), "errors": st.errors} for st in sets},

@@ -31,27 +31,45 @@ def cache_location(storage: str) -> tuple[str, str]:
     return storage.rstrip("/") + "/quality", endpoint
 
 
+def real_volumes(cfg, data_uri: str, limit: int, why: str) -> np.ndarray:
+    """Up to ``limit`` volumes of the train split (val only when train has fewer than two)."""
+    from crfgan.shards import read_volumes
+
+    out = []
+    for split in ("train", "val"):
+        for row in read_volumes(data_uri, split, cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")):
+            out.append(row["volume"])
+            if len(out) >= limit:
+                break
+        if len(out) >= 2:
+            break
+    if len(out) < 2:
+        raise ValueError(f"{data_uri}: {why} needs at least 2 real volumes, the shards hold {len(out)}")
+    return np.stack(out)
+
+
+def headline_state(cfg, data_uri: str, log=print) -> dict | None:
+    """``crfgan.metrics.quick.headline_state`` from ``eval.score_volumes`` real training volumes (None when 0)."""
+    if cfg.eval.score_volumes == 0:
+        return None
+    from crfgan.metrics.quick import headline_state as state
+
+    real = real_volumes(cfg, data_uri, cfg.eval.score_volumes, "quality_score (set eval.score_volumes=0 to skip it)")
+    log(f"[quality] quality_score: {cfg.eval.score_volumes} rendered volumes against {len(real)} real ones at every "
+        f"train.val_every")
+    return state(real, cfg)
+
+
 def quality_state(cfg, data_uri: str, manifest: dict, storage: str, log=print) -> dict | None:
     """``crfgan.metrics.quick.quick_state`` for these shards, or None when ``eval.quick_volumes`` is 0."""
     if cfg.eval.quick_volumes == 0:
         return None
     from crfgan.metrics.quick import get_extractor, quick_state, ssl_params
-    from crfgan.shards import read_volumes
     from pipelines.tracking import manifest_hash
 
     def volumes() -> np.ndarray:
-        out = []
-        for split in ("train", "val"):  # the train split; val only when train is too small for two volumes
-            for row in read_volumes(data_uri, split, cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")):
-                out.append(row["volume"])
-                if len(out) >= cfg.eval.ssl_max_volumes:
-                    break
-            if len(out) >= 2:
-                break
-        if len(out) < 2:
-            raise ValueError(f"{data_uri}: fd_ssl_quick needs at least 2 real volumes, the shards hold {len(out)}; "
-                             "add scans or set eval.quick_volumes=0")
-        return np.stack(out)
+        return real_volumes(cfg, data_uri, cfg.eval.ssl_max_volumes,
+                            "fd_ssl_quick (add scans or set eval.quick_volumes=0)")
 
     cache, endpoint = cache_location(storage)
     ext, feats = get_extractor(volumes, manifest_hash(manifest), ssl_params(cfg), cache_uri=cache, log=log,

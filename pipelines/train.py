@@ -199,7 +199,9 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
         data_cpus = 1.0 if free >= 1 else 0.0
     datasets = _datasets(cfg, data_uri, manifest, data_cpus)
     loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir, "torch_threads": t.cpus_per_worker}
-    from pipelines.quality import quality_state
+    from pipelines.quality import headline_state, quality_state
+
+    loop_config["headline"] = headline_state(cfg, data_uri)  # quality_score's real reference (plain arrays)
 
     loop_config["quality"] = quality_state(cfg, data_uri, manifest, storage)  # fd_ssl_quick's extractor + real stats
     uri = run_id = None

@@ -42,7 +42,7 @@ from crfgan.memory import peak_rss_bytes, pin_mmap_threshold
 from crfgan.storage import write_text_atomic
 from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crfgan.config import Config, config_from_dict
-from crfgan.metrics.quick import fd_ssl_quick
+from crfgan.metrics.quick import fd_ssl_quick, quality_score_quick
 from crfgan.models import apply_execution_options, build_networks, build_optimizers
 from crfgan.step import Amp, train_step
 from crfgan.trainer import to_device
@@ -256,6 +256,12 @@ def train_loop_per_worker(config: dict) -> None:
         if is_val:
             v = validation_l1(nets, cfg, val_iter, device) if rank == 0 else 0.0
             metrics["val_l1"] = _broadcast_float(v, device)
+            if config.get("headline"):  # the headline score and its components (crfgan.metrics.headline)
+                hs = quality_score_quick(nets.g, cfg, config["headline"], device) if rank == 0 else {}
+                for k in ("quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score"):
+                    x = _broadcast_float(hs.get(k, 0.0), device)
+                    if math.isfinite(x):  # seam_score is NaN below 64³ (no reference boundaries): not reported
+                        metrics[k] = x
             if config.get("quality"):  # lower is better; see crfgan.metrics.quick
                 q = fd_ssl_quick(nets.g, cfg, config["quality"], device) if rank == 0 else 0.0
                 metrics["fd_ssl_quick"] = _broadcast_float(q, device)

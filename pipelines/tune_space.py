@@ -2,7 +2,7 @@
 
 Format (dotted config keys, as on the command line)::
 
-    metric: fd_ssl_quick          # any metric the trainer reports (default: tune.metric)
+    metric: quality_score         # any metric the trainer reports (default: tune.metric)
     mode: min                     # min | max (default: tune.mode)
     fixed:                        # optional: config values every trial shares (command-line overrides win)
       train.iterations: 2000

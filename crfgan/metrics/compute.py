@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import distances as D
+from . import headline as Hd
 from . import physics as P
+from . import swd as W
 from .seam import boundary_profiles, seam_boundaries
 
 HIST_BINS = 2048  # over [-1, 1]: 0.8 HU per bin in the reference CT window
@@ -25,7 +27,8 @@ def chunk_stats(vols, ext=None, train=None, leave_one_out: bool = False) -> dict
     hist, _ = np.histogram(np.clip(v, -1, 1), bins=HIST_BINS, range=(-1, 1))
     step, jump = boundary_profiles(v)
     out = {"n": len(v), "spectra": np.stack([P.power_spectrum(x) for x in v]), "hist": hist.astype(np.float64),
-           "step_sum": np.nan_to_num(step) * len(v), "jump_sum": np.nan_to_num(jump) * len(v)}
+           "step_sum": np.nan_to_num(step) * len(v), "jump_sum": np.nan_to_num(jump) * len(v),
+           "swd": W.describe(v), "hist_q": Hd.histogram_counts(v)}
     if ext is not None:
         out["features"] = extract(ext, v)
     if train is not None and len(train) >= 1:
@@ -47,7 +50,8 @@ def merge(chunks: list[dict]) -> dict:
     n = sum(c["n"] for c in chunks)
     out = {"n": n, "spectra": np.concatenate([c["spectra"] for c in chunks]),
            "hist": sum(c["hist"] for c in chunks), "step": sum(c["step_sum"] for c in chunks) / n,
-           "jump": sum(c["jump_sum"] for c in chunks) / n}
+           "jump": sum(c["jump_sum"] for c in chunks) / n,
+           "swd": W.merge_descriptors([c["swd"] for c in chunks]), "hist_q": sum(c["hist_q"] for c in chunks)}
     if all("features" in c for c in chunks):
         out["features"] = np.concatenate([c["features"] for c in chunks])
     if all("nn" in c for c in chunks):
@@ -87,7 +91,7 @@ def seam_from_profile(step, jump, depth: int, geometry: tuple[int, int] | None) 
 def compare(real: dict, syn: dict, modality: str, window, ms_real: float, ms_syn: float,
             geometry: tuple[int, int] | None, kid_subsets: int = 100) -> dict:
     """One synthetic set against the real set: the metric table (lower is better unless stated)."""
-    m: dict = {"n_real": real["n"], "n_synthetic": syn["n"]}
+    m: dict = {"quality_score": float("nan"), "n_real": real["n"], "n_synthetic": syn["n"]}
     if "features" in real and "features" in syn:
         fr, fs = real["features"], syn["features"]
         m["fd_ssl"] = D.frechet_distance(fr, fs)
@@ -111,10 +115,43 @@ def compare(real: dict, syn: dict, modality: str, window, ms_real: float, ms_syn
     real_seam = seam_from_profile(real["step"], real["jump"], depth, geometry)
     if real_seam:
         m["seam_score_real"] = real_seam["seam_score"]
+    if real["n"] >= 2 and syn["n"] >= 2:  # the headline (crfgan.metrics.headline) and its terms
+        sw = W.score_from(W.reference_from(real["swd"]), syn["swd"])
+        shift = Hd.intensity_shift(Hd.log_histogram_from_counts(real["hist_q"]),
+                                   Hd.log_histogram_from_counts(syn["hist_q"]), modality, window)
+        head = Hd.combine(sw["swd_levels"][0], shift, sw["dup_ratio"], m.get("seam_score"))
+        m.update(head, intensity_shift_hu=shift, dup_ratio=sw["dup_ratio"],
+                 memorisation_ratio=sw["memorisation_ratio"], swd_all=sw["swd"])
     return m
 
 
+# comparison mode: a ratio to the first set only where it means something (ideal 0 and never negative);
+# every other metric gets a difference
+RATIO_METRICS = {"quality_score", "swd_fine", "swd_all", "fd_ssl", "spectrum_dist", "hist_w1_hu", "hist_w1",
+                 "tissue_l1", "fid_med3d"}
+
+
+def versus_first(metrics: dict[str, dict]) -> dict[str, dict]:
+    """{set: {metric: {"ratio": x} (RATIO_METRICS) or {"difference": x} (the rest) against the first set}}."""
+    names = list(metrics)
+    first = metrics[names[0]]
+    out = {}
+    for n, m in metrics.items():
+        out[n] = {}
+        for k, v in m.items():
+            f = first.get(k)
+            if k.startswith("n_") or not isinstance(v, float) or not isinstance(f, float):
+                continue
+            if k in RATIO_METRICS:
+                out[n][k] = {"ratio": v / f if f > 0 else None}
+            else:
+                out[n][k] = {"difference": v - f}
+    return out
+
+
 # which way is better, for the report's "how to read"
-IDEAL = {"fd_ssl": "0", "kid_ssl": "0", "mmd_ssl": "0", "spectrum_dist": "0", "hist_w1_hu": "0 HU", "hist_w1": "0",
+IDEAL = {"quality_score": "floor (see README)", "swd_fine": "0", "intensity_term": "0", "collapse_term": "0",
+         "seam_term": "0", "intensity_shift_hu": "0 HU", "dup_ratio": "≈1 (→0: copies of each other)",
+         "memorisation_ratio": "≳1 (→0: training copies, plain or mirrored)", "swd_all": "0", "fd_ssl": "0", "kid_ssl": "0", "mmd_ssl": "0", "spectrum_dist": "0", "hist_w1_hu": "0 HU", "hist_w1": "0",
          "tissue_l1": "0", "diversity_ratio": "1 (→0: collapse)", "nn_ratio": "≈1 (≪1: memorised)",
          "seam_score": "1 (>1: seam)", "seam_grad_score": "1 (>1: seam)", "fid_med3d": "0", "mmd_med3d": "0"}

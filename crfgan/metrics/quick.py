@@ -1,4 +1,7 @@
-"""The extractor and real-feature cache, and ``fd_ssl_quick``: the cheap training-time quality score.
+"""The training-time scores: ``quality_score`` (the headline, ``crfgan.metrics.headline``: Tune's objective) and
+``fd_ssl_quick`` with the extractor and real-feature cache it needs.
+
+``fd_ssl_quick`` (kept for continuity; blind to blur, noise and seams: see the README's degradation table):
 
 ``fd_ssl_quick`` = Fréchet distance, on the SSL extractor's features, between ``eval.quick_volumes`` whole volumes
 rendered by the generator from fixed seeds and the cached features of the real training volumes (lower is
@@ -77,13 +80,9 @@ def quick_state(ext: Extractor, real_features: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def fd_ssl_quick(g, cfg, state: dict, device="cpu", _cache: dict = {}) -> float:  # noqa: B006 (per-process cache)
-    """Render ``cfg.eval.quick_volumes`` volumes from fixed seeds and return their FD to the real statistics."""
-    key = state["extractor_sha256"]
-    ext = _cache.get(key)
-    if ext is None:
-        ext = _cache[key] = from_bytes(state["extractor"], expected_sha256=key)
-    n = max(2, cfg.eval.quick_volumes)
+def render_fixed(g, cfg, n: int, device="cpu") -> np.ndarray:
+    """``n`` volumes (N, S, S, S) from the fixed latent seeds QUICK_SEED …, two at a time (bounded memory); a
+    class-conditional generator renders every class in turn (the real statistics span all of them)."""
     gens = [torch.Generator().manual_seed(QUICK_SEED + i) for i in range(n)]
     z = torch.cat([torch.randn(1, cfg.model.latent_dim, generator=gg) for gg in gens]).to(device)
     was = g.training
@@ -92,14 +91,43 @@ def fd_ssl_quick(g, cfg, state: dict, device="cpu", _cache: dict = {}) -> float:
         s = cfg.synth
         vols = []
         k = cfg.model.num_classes
-        for i in range(0, n, 2):  # two at a time: bounded memory at large sizes
+        for i in range(0, n, 2):
             zi = z[i : i + 2]
-            # a class-conditional generator renders every class in turn (the real statistics span all of them)
             cls = {"class_index": (torch.arange(i, i + len(zi)) % k).to(device)} if k else {}
             v = g.render(zi, tiled=s.tiled, slab=s.slab_embedding_slices, halo=s.halo, norm_stats=s.norm_stats, **cls)
             vols.append(v[:, 0].float().cpu().numpy())
     finally:
         g.train(was)
-    feats = extract(ext, np.concatenate(vols))
+    return np.concatenate(vols)
+
+
+@torch.no_grad()
+def fd_ssl_quick(g, cfg, state: dict, device="cpu", _cache: dict = {}) -> float:  # noqa: B006 (per-process cache)
+    """Render ``cfg.eval.quick_volumes`` volumes from fixed seeds and return their FD to the real statistics."""
+    key = state["extractor_sha256"]
+    ext = _cache.get(key)
+    if ext is None:
+        ext = _cache[key] = from_bytes(state["extractor"], expected_sha256=key)
+    feats = extract(ext, render_fixed(g, cfg, max(2, cfg.eval.quick_volumes), device))
     mu, sigma = stats(feats)
     return frechet_distance_stats(mu, sigma, state["mu"], state["sigma"])
+
+
+def headline_state(real_volumes, cfg) -> dict:
+    """The real side of the headline ``quality_score`` (``crfgan.metrics.headline.reference``): plain arrays."""
+    from .headline import reference
+
+    return {"reference": reference(real_volumes), "modality": "mri" if cfg.data.modality == "mri" else "ct",
+            "window": tuple(float(v) for v in cfg.data.ct_window)}
+
+
+def quality_score_quick(g, cfg, state: dict, device="cpu") -> dict:
+    """The headline ``quality_score`` and its components for ``eval.score_volumes`` volumes rendered from the fixed
+    seeds, against the real reference in ``state`` (lower is better; see ``crfgan.metrics.headline``)."""
+    from .headline import assess
+    from .seam import model_seam_geometry
+
+    vols = render_fixed(g, cfg, max(2, cfg.eval.score_volumes), device)
+    m = assess(state["reference"], vols, model_seam_geometry(cfg.model), state["modality"], state["window"])
+    keep = ("quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score")
+    return {k: float(m[k]) for k in keep}

@@ -21,7 +21,13 @@ from .compute import HIST_BINS, IDEAL
 from .physics import to_physical
 
 HOW_TO_READ = """\
-- **fd_ssl, kid_ssl, mmd_ssl**: Fréchet distance, unbiased KID (± its std over subsets) and Gaussian-kernel MMD
+- **quality_score** (the headline; Tune's objective): fine-scale sliced Wasserstein distance of 3D Laplacian-pyramid
+  patches (**swd_fine**) plus penalties beyond a tolerance for an intensity offset (**intensity_term**, from
+  **intensity_shift_hu**), for volumes that copy each other (**collapse_term**, from **dup_ratio**) and for seams
+  (**seam_term**, from seam_score, 64³ and up). Lower is better; a held-out real set scores its floor (the README's
+  degradation table gives the floor and what each failure costs). **memorisation_ratio**: distance of each volume to
+  the nearest training volume or its mirror image, over the training set's own; near 0: copies.
+- **fd_ssl, kid_ssl, mmd_ssl** (blind to blur, noise and seams: see the README's degradation table): Fréchet distance, unbiased KID (± its std over subsets) and Gaussian-kernel MMD
   (median heuristic) on features of this project's self-supervised 3D extractor (trained on the real training
   volumes; its SHA-256 is below). Lower is better; 0 is the real set against itself. They are **not** FID or the
   published Med3D numbers and are comparable only between reports with the same extractor hash. With few volumes the
@@ -36,8 +42,9 @@ HOW_TO_READ = """\
 - **seam_score / seam_grad_score**: intensity step / gradient kink at the depths where rendered sub-volumes meet, over
   the same statistic at other depths of the same phase of the upsampling grid. 1 = no seam; seam_score_real is the
   real set's figure (its noise level). Needs 64³ or more.
-- **Ratios** (comparison mode): each set's value over the first synthetic set's; for "lower is better" metrics a
-  ratio below 1 means better than the first set.
+- **Comparison mode**: ×, a set's value over the first synthetic set's, only for metrics whose ideal is 0 and which are
+  never negative (below 1: better); Δ, the difference, for every other metric (KID and MMD² can be negative;
+  diversity_ratio's ideal is 1).
 """
 
 
@@ -120,15 +127,24 @@ def _fmt(v) -> str:
     return f"{v:.4g}"
 
 
+def _cmp(entry) -> str:
+    if not entry:
+        return ""
+    if "ratio" in entry:
+        return "" if entry["ratio"] is None else f"×{_fmt(entry['ratio'])}"
+    v = entry["difference"]
+    return f"{'+' if v >= 0 else ''}{_fmt(v)}"
+
+
 def table(metrics: dict[str, dict], ratios: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     names = list(metrics)
     keys = [k for k in dict.fromkeys(k for m in metrics.values() for k in m)]
-    header = ["metric", "ideal"] + names + ([f"{n} / {names[0]}" for n in names[1:]] if ratios else [])
+    header = ["metric", "ideal"] + names + ([f"{n} vs {names[0]}" for n in names[1:]] if ratios else [])
     rows = []
     for k in keys:
         row = [k, IDEAL.get(k, "")] + [_fmt(metrics[n].get(k)) for n in names]
         if ratios:
-            row += [_fmt(ratios[n].get(k)) for n in names[1:]]
+            row += [_cmp(ratios[n].get(k)) for n in names[1:]]
         rows.append(row)
     return header, rows
 

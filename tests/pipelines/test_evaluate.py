@@ -75,7 +75,9 @@ def test_evaluate_report_and_mlflow(ray_local, tiny_shards, registered, mlflow_s
     for k in ("fd_ssl", "kid_ssl", "kid_ssl_std", "mmd_ssl", "spectrum_dist", "diversity_ratio", "nn_ratio"):
         assert np.isfinite(hu[k]), k
     assert bright["hist_w1_hu"] > hu["hist_w1_hu"] > 0  # same volumes 0.3 brighter: further from the real histogram
-    assert m["ratios"]["brighter"]["hist_w1_hu"] > 1
+    assert m["ratios"]["brighter"]["hist_w1_hu"]["ratio"] > 1
+    assert "difference" in m["ratios"]["brighter"]["kid_ssl"]  # signed: a difference, never a ratio
+    assert list(m["metrics"]["brighter"])[0] == "quality_score"
     assert "seam_score" not in hu and any("seam score skipped" in n for n in m["notes"])  # 32³
     assert any(n.startswith("fid_med3d/mmd_med3d skipped") for n in m["notes"])
     assert len(m["extractor"]["sha256"]) == 64

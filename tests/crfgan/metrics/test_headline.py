@@ -1,0 +1,73 @@
+"""The headline quality_score: its terms, and that it ranks every degradation of a held-out real set worse than the
+held-out set itself (the floor) — the property that makes it worth optimising."""
+
+import numpy as np
+import pytest
+
+from crfgan.metrics import degrade, headline
+
+SCAN = "crfgan/data/example_ct.nii.gz"
+
+
+def test_terms_are_zero_inside_their_tolerances_and_grow_beyond():
+    base = headline.combine(2.0, 10.0, 1.0, 1.0)
+    assert base["quality_score"] == pytest.approx(2.0)
+    assert headline.combine(2.0, -130.0, 1.0)["intensity_term"] == pytest.approx(50.0)
+    assert headline.combine(2.0, 0.0, 0.0)["collapse_term"] == pytest.approx(10.0)
+    assert headline.combine(2.0, 0.0, 1.0, 1.6)["seam_term"] == pytest.approx(10.0)
+    assert headline.combine(2.0, 0.0, 1.0, float("nan"))["seam_term"] == 0.0
+
+
+def test_intensity_shift_finds_an_offset_in_hu():
+    rng = np.random.default_rng(0)
+    v = np.clip(rng.choice([-1.0, -0.7, 0.3], size=(4, 16, 16, 16)) + rng.normal(0, 0.02, (4, 16, 16, 16)), -1, 1)
+    h = headline.log_histogram(v)
+    assert headline.intensity_shift(h, h) == 0.0
+    assert headline.intensity_shift(h, headline.log_histogram(v + 100 / 812)) == pytest.approx(100, abs=8)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from pathlib import Path
+
+    from pipelines.bench.metrics import ct_source
+
+    return ct_source(str(Path(__file__).resolve().parents[3] / SCAN), 3.0)
+
+
+@pytest.mark.parametrize("size,rows,geometry,n,seeds", [
+    (32, [r for r in degrade.SUITE if r not in degrade.MEMORY_ROWS + degrade.SEAM_ROWS], (4, 4), 32, 2),
+    (64, list(degrade.SEAM_ROWS), (8, 4), 16, 1),  # the seam term (none at 32³); the rest: the 32³ case
+])
+def test_every_degradation_scores_worse_than_the_held_out_floor(ct, size, rows, geometry, n, seeds):
+    from pipelines.bench.metrics import crops
+
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        real, held_out = crops(ct, size, n, rng), crops(ct, size, n, rng)
+        ref = headline.reference(real)
+        floor = headline.assess(ref, held_out, geometry)["quality_score"]
+        ctx = {"hu": headline.HU_PER_UNIT, "slab": geometry[0], "reference": real}
+        for name in rows:
+            bad = degrade.SUITE[name][0](held_out, np.random.default_rng(100 + seed), ctx)
+            q = headline.assess(ref, bad, geometry)["quality_score"]
+            assert q > 1.3 * floor, f"{size}³ seed {seed}: {name} scored {q:.3g}, the held-out floor {floor:.3g}"
+
+
+def test_training_time_score_is_deterministic_and_reports_components():
+    import torch
+
+    from crfgan.config import load_config
+    from crfgan.generator import Generator
+    from crfgan.metrics.quick import headline_state, quality_score_quick
+
+    cfg = load_config("tiny", ["eval.score_volumes=4"])
+    torch.manual_seed(0)
+    g = Generator(cfg.model)
+    real = np.random.default_rng(0).uniform(-1, 1, (4,) + (cfg.model.image_size,) * 3).astype(np.float32)
+    state = headline_state(real, cfg)
+    a, b = quality_score_quick(g, cfg, state), quality_score_quick(g, cfg, state)
+    assert a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
+    assert np.isnan(a["seam_score"])  # at 32³ the phase-matched seam score has no reference boundaries
+    assert set(a) == {"quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score"}
+    assert np.isfinite(a["quality_score"]) and a["quality_score"] > 0
