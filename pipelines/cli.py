@@ -29,6 +29,7 @@ BENCHES = {
     "preprocess": ("pipelines.bench.preprocess", "Ray Data preprocessing vs a single-process loop"),
     "train": ("pipelines.bench.train", "Ray Train scaling and overhead vs the single-process trainer"),
     "synthesize": ("pipelines.bench.synthesize", "synthesis volumes/min at 64³/128³ with 1 and 2 actors; render vs write"),
+    "feed": ("pipelines.bench.feed", "volumes/s from Parquet shards through Ray Data into a Ray Train worker (no model)"),
 }
 
 
