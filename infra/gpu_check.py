@@ -79,7 +79,8 @@ def part_train_step(args, out: str, deadline: float) -> None:
 
     p = plan(args.device, args.tiny)
     doc = {"rows": [], "ratios": [], "failed": [], "skipped": [], "notes": [
-        "torch.compile exists (train.compile, crfgan bench train-step --compile) and is not run here: compile time"]}
+        "torch.compile exists (train.compile, crfgan bench train-step --compile) and is not run here: its compile "
+        "time does not fit the budget"]}
     order = [(s, o) for s in p["sizes"] for o in p["options"]] + [(s, o) for s in p["sizes"][-1:] for o in
                                                                    p["extra_options"]]
     for size, opt in order:
