@@ -107,9 +107,11 @@ def part_train_step(args, out: str, deadline: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ part 2
-def _latest_state(run_dir: Path) -> dict | None:
-    states = sorted(run_dir.glob("checkpoint_*/state.json"), key=lambda p: json.loads(p.read_text())["iteration"])
-    return json.loads(states[-1].read_text()) if states else None
+def _checkpoints(run_dir: Path) -> list[tuple[dict, Path]]:
+    """(state, folder) of every checkpoint folder of a Ray Train run, by iteration."""
+    found = [(json.loads((d / "state.json").read_text()), d) for d in run_dir.glob("checkpoint_*")
+             if (d / "state.json").is_file()]
+    return sorted(found, key=lambda x: x[0]["iteration"])
 
 
 def part_ray_train(args, out: str, deadline: float) -> None:
@@ -165,14 +167,13 @@ def part_ray_train(args, out: str, deadline: float) -> None:
     t0 = time.time()
     rc = cli(["train", "--data", shards, "--config", p["config"], "--no-mlflow", "--storage", str(storage),
               "--run-name", name, *common, f"train.iterations={p['iters2']}", f"train.val_every={p['iters2']}"])
-    state = _latest_state(storage / name)
+    ckpts = _checkpoints(storage / name)
+    state = ckpts[-1][0] if ckpts else None
     lineage = state["lineage"] if state else []
     tiles = bool(lineage) and lineage[0][0] == 0 and lineage[-1][1] == p["iters2"] and \
         all(a[1] == b[0] for a, b in zip(lineage, lineage[1:]))
-    ckpts = sorted(storage.glob(f"{name}/checkpoint_*"), key=lambda d: json.loads((d / "state.json").read_text())[
-        "iteration"]) if state else []
     doc["stage2"] = {"seconds": time.time() - t0, "rc": rc, "iteration": state and state["iteration"],
-                     "lineage": lineage, "checkpoint": str(ckpts[-1]) if ckpts else None}
+                     "lineage": lineage, "checkpoint": str(ckpts[-1][1]) if ckpts else None}
     doc["checks"] = {"worker killed": bool(killed.get("pid")),
                      "restarted from the checkpoint": len(s1["state"]["lineage"]) == 2,
                      "exact iterations after kill": s1["state"]["iteration"] == p["iters1"],
@@ -190,6 +191,11 @@ def part_synthesize(args, out: str, deadline: float) -> None:
     from pipelines.bench.worker import run_case
     from pipelines.cli import main as cli
 
+    import importlib.util
+
+    if importlib.util.find_spec("nibabel") is None:  # crfgan.synth builds the NIfTI header with nibabel
+        raise SystemExit("crfgan synthesize writes NIfTI headers with nibabel, which is not importable here "
+                         "(the offline bundle of infra/gpu_bundle.sh ships it)")
     p = plan(args.device, args.tiny)
     train = json.loads((Path(args.out) / "ray-train.json").read_text()) if (Path(args.out) / "ray-train.json").exists() \
         else {}
@@ -327,7 +333,9 @@ def run_part(name: str, args, out: Path, timeout: float) -> dict:
     res = {"status": status, "rc": rc, "seconds": round(time.time() - t0, 1), "timeout_s": round(timeout, 1)}
     if part_json.exists():
         res["data"] = json.loads(part_json.read_text())
-    if status != "ok":
+    if status != "ok" and (res.get("data") or {}).get("error"):
+        res["error"] = res["data"]["error"]
+    elif status != "ok":
         tail = (out / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
         res["error"] = " / ".join(t.strip()[:300] for t in tail)
     return res
@@ -351,7 +359,14 @@ def main(argv=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.part:  # a child: do the part, write out/<part>.json as it goes
         sys.path.insert(0, str(REPO))
-        CHILDREN[args.part](args, str(out / f"{args.part}.json"), args.deadline)
+        part_json = out / f"{args.part}.json"
+        try:
+            CHILDREN[args.part](args, str(part_json), args.deadline)
+        except BaseException as e:  # the reason goes into the part's figures, then the child fails as it would
+            doc = json.loads(part_json.read_text()) if part_json.exists() else {}
+            doc["error"] = f"{type(e).__name__}: {e}"[-800:]
+            _write_part(str(part_json), doc)
+            raise
         return 0
     if args.device == "cuda":
         import torch
