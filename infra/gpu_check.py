@@ -54,7 +54,7 @@ def plan(device: str, tiny: bool) -> dict:
                 "synth": {"count": 2, "render_sizes": []}}
     return {"sizes": [128, 256], "batch": 4, "iters": 3, "case_timeout": 150,
             "options": ["fp32", "bf16+ckpt"], "extra_options": ["bf16+ckpt+cl"],
-            "train": {"config": "ct64", "size": 64, "volumes": 16, "iters1": 200, "iters2": 300, "every": 50},
+            "train": {"config": "ct64", "size": 64, "volumes": 16, "iters1": 120, "iters2": 160, "every": 40},
             "synth": {"count": 8, "render_sizes": [256] if device == "cuda" else []}}
 
 
