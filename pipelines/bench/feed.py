@@ -290,6 +290,10 @@ def measure(args: argparse.Namespace) -> dict:
                             "rss_first_mb", "rss_end_mb", "peak_rss_mb", "store_peak_mb", "shard_mb_per_volume")}}
                         row["MB_per_s_f32"] = r["vol_per_s"] * 4 * size**3 / 2**20 if r.get("vol_per_s") else None
                         rows.append(row)
+                        if args.json:  # the rows so far, so a killed or timed-out run keeps its measured cases
+                            from crfgan.storage import write_text_atomic
+
+                            write_text_atomic(args.json, json.dumps({"partial": True, "rows": rows}, indent=2))
                         print(f"  {size}³ {src} {c} CPU: {row['vol_per_s'] or 0:.2f} volumes/s, "
                               f"{row['delivered']} delivered ({row['distinct']} distinct)", flush=True)
     finally:
