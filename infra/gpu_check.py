@@ -102,8 +102,8 @@ def part_train_step(args, out: str, deadline: float) -> None:
                 doc["failed"].append(f"{label}: {str(e)[-600:]}")
             doc["ratios"] = ratios(doc["rows"])
             _write_part(out, doc)
-    if doc["failed"]:
-        raise SystemExit(f"{len(doc['failed'])} train-step case(s) failed")
+    if doc["failed"] or not doc["rows"]:
+        raise SystemExit(f"{len(doc['failed'])} train-step case(s) failed, {len(doc['rows'])} measured")
 
 
 # ------------------------------------------------------------------------------------------------ part 2
@@ -317,7 +317,7 @@ def run_part(name: str, args, out: Path, timeout: float) -> dict:
     """The part in a child process (its own timeout; killed with its process group when over)."""
     part_json = out / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--out", str(out), "--device", args.device,
-           "--deadline", str(time.time() + timeout - 10)] + (["--tiny"] if args.tiny else [])
+           "--deadline", str(time.time() + max(0.9 * timeout, timeout - 10))] + (["--tiny"] if args.tiny else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     t0 = time.time()
     with open(out / f"{name}.log", "w") as log:

@@ -86,3 +86,25 @@ def test_results_md_is_one_table_of_every_part(check):
     assert len([line for line in md if line.startswith("| part |")]) == 1
     for part in ("train-step", "ray-train", "synthesize", "budget"):
         assert any(line.startswith(f"| {part} |") for line in table), part
+
+
+def test_a_part_over_its_timeout_is_killed_and_earlier_parts_stay(tmp_path):
+    """The ray-train child is killed at its 3 s timeout (while it starts); the table keeps an earlier part's figures."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "infra" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    args = argparse.Namespace(device="cpu", tiny=True, out=str(tmp_path))
+    late = gc.run_part("ray-train", args, tmp_path, timeout=3)
+    assert late["status"] == "timeout" and late["rc"] is None and late["seconds"] < 30
+    earlier = {"status": "ok", "seconds": 1, "timeout_s": 9, "data": {"rows": [
+        {"arch": "crfgan", "options": "fp32", "size": 32, "batch": 2, "its_per_s": 1.5, "peak_mb": 10.0,
+         "device": "cpu"}], "ratios": []}}
+    results = {"started": "now", "budget_s": 10, "tiny": True, "machine": gc.machine("cpu"),
+               "parts": {"train-step": earlier, "ray-train": late}}
+    gc.write_results(tmp_path, results)
+    md = (tmp_path / "results.md").read_text()
+    assert "| train-step | crfgan fp32 32³ b2 | 1.5 it/s |" in md and "| ray-train | status | timeout |" in md
+    assert json.loads((tmp_path / "results.json").read_text())["parts"]["ray-train"]["status"] == "timeout"
