@@ -51,6 +51,7 @@ bench: install
 	$(CRFGAN) bench preprocess --json $(BENCH_OUT)/preprocess.json
 	$(CRFGAN) bench train --json $(BENCH_OUT)/train.json
 	$(CRFGAN) bench synthesize --json $(BENCH_OUT)/synthesize.json
+	$(CRFGAN) bench feed --json $(BENCH_OUT)/feed.json
 
 lint: install
 	$(VENV)/bin/ruff check crfgan pipelines tests
