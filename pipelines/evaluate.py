@@ -110,7 +110,8 @@ def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | 
             raise ValueError(f"{st.uri}: volumes are {st.volumes.shape[1:]}, the real set's {real.volumes.shape[1:]}; "
                              "evaluate sets of one size")
     train = real.train if real.train is not None and len(real.train) >= 2 else real.volumes
-    ext, _ = get_extractor(lambda: train[: cfg.eval.ssl_max_volumes], real.data_hash, ssl_params(cfg), cache, log=log)
+    ext, _ = get_extractor(lambda: train[: cfg.eval.ssl_max_volumes], real.data_hash, ssl_params(cfg), cache, log=log,
+                           max_volumes=cfg.eval.ssl_max_volumes)
     if cfg.model.image_size != s:
         cfg.model.image_size = s  # the sets decide the size; seam geometry follows from S
         cfg.model.embedding_size = 0

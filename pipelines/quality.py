@@ -73,6 +73,7 @@ def quality_state(cfg, data_uri: str, manifest: dict, storage: str, log=print) -
 
     cache, endpoint = cache_location(storage)
     ext, feats = get_extractor(volumes, manifest_hash(manifest), ssl_params(cfg), cache_uri=cache, log=log,
+                               max_volumes=cfg.eval.ssl_max_volumes,
                                endpoint=endpoint or cfg.data.s3_endpoint)
     log(f"[quality] fd_ssl_quick: {cfg.eval.quick_volumes} rendered volumes against {len(feats)} real ones, "
         f"extractor sha256 {ext.sha256[:12]}")

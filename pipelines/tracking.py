@@ -66,8 +66,14 @@ def tracking_uri(cfg, storage: str) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+# manifest keys that describe a preprocessing run, not the data: a re-preprocess of the same inputs keeps the hash
+# (and so every cache keyed by it: the SSL extractor, the real features)
+VOLATILE_MANIFEST_KEYS = ("elapsed_s", "staging_bytes", "staging_kept", "units_skipped")
+
+
 def manifest_hash(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    stable = {k: v for k, v in manifest.items() if k not in VOLATILE_MANIFEST_KEYS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def git_commit(cwd: str | None = None) -> str:

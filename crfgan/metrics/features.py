@@ -115,6 +115,15 @@ def train_extractor(volumes, data_hash: str, params: SSLParams | None = None, lo
     vols = torch.as_tensor(np.asarray(volumes, dtype=np.float32))
     if vols.ndim != 4 or len(vols) == 0:
         raise ValueError(f"train_extractor needs volumes (N, S, S, S) with N >= 1, got shape {tuple(vols.shape)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same extractor (and SHA-256) whatever the machine's thread count
+    try:
+        return _train(vols, data_hash, p, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(vols: torch.Tensor, data_hash: str, p: SSLParams, log) -> Extractor:
     g = torch.Generator().manual_seed(p.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)

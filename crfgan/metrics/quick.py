@@ -41,9 +41,13 @@ def volumes_hash(volumes) -> str:
 
 
 def get_extractor(volumes_fn, data_hash: str, params: SSLParams, cache_uri: str = "", log=print,
-                  endpoint: str = "") -> tuple[Extractor, np.ndarray]:
+                  endpoint: str = "", max_volumes: int = 0) -> tuple[Extractor, np.ndarray]:
     """(extractor, real features) for the data ``data_hash``: read from ``cache_uri`` when present there, else trained
-    on ``volumes_fn()`` (N, S, S, S) and written there (atomically). Without ``cache_uri`` nothing is cached."""
+    on ``volumes_fn()`` (N, S, S, S) and written there (atomically). Without ``cache_uri`` nothing is cached.
+    ``max_volumes`` (the cap ``volumes_fn`` applies: ``eval.ssl_max_volumes``) is part of the cache key: an
+    extractor trained on 24 volumes is not the one asked for with 4."""
+    if max_volumes:
+        data_hash = hashlib.sha256(f"{data_hash}|max_volumes={max_volumes}".encode()).hexdigest()[:16]
     fs = root = None
     if cache_uri:
         fs, root = filesystem(cache_uri, endpoint)

@@ -81,16 +81,16 @@ def test_quick_sweep_tracks_parent_children_and_registers_best(ray_local, tiny_s
     assert len(lines) >= 4, out[-3000:]
     csv_path = client.download_artifacts(parent.info.run_id, "sweep/results.csv", str(tmp_path / "dl"))
     rows = Path(csv_path).read_text().strip().splitlines()
-    assert rows[0].startswith("trial,") and "fd_ssl_quick" in rows[0] and len(rows) - 1 == len(children)
+    assert rows[0].startswith("trial,") and "quality_score" in rows[0] and len(rows) - 1 == len(children)
 
     # the best trial's generator is registered under its child run with alias sweep-quick
     best_trial = parent.data.tags["crfgan.best_trial"]
     mv = client.get_model_version_by_alias(cfg.mlflow.registered_model, "sweep-quick")
     best_child = [c for c in children if c.data.tags["crfgan.run_name"] == f"quick-{best_trial}"]
     assert len(best_child) == 1 and mv.run_id == best_child[0].info.run_id
-    best_value = parent.data.metrics["best_fd_ssl_quick"]
+    best_value = parent.data.metrics["best_quality_score"]
     finished = [c for c in children if c.data.tags["crfgan.tune.status"] == "completed"]
-    assert best_value == min(c.data.metrics["tune.fd_ssl_quick"] for c in finished)
+    assert best_value == min(c.data.metrics["tune.quality_score"] for c in finished)
 
 
 def test_asha_stops_a_clearly_worse_trial(ray_local, tiny_shards, tmp_path, capsys):  # noqa: F811

@@ -21,7 +21,7 @@ def test_every_shipped_space_has_a_preset():
 @pytest.mark.parametrize("name", sorted(PRESET_FOR))
 def test_shipped_space_is_valid(name):
     space, cfg = load_space(SPACES / name, load_config(PRESET_FOR[name]))
-    assert space.metric == "fd_ssl_quick" and space.mode == "min"
+    assert space.metric == "quality_score" and space.mode == "min"
     assert {"model.crf.iterations", "model.crf.nodes", "model.embedding_channels"} <= set(space.dists)
     assert cfg.train.val_every <= cfg.train.iterations and cfg.tune.num_samples >= 4
 
