@@ -52,6 +52,7 @@ bench: install
 	$(CRFGAN) bench train --json $(BENCH_OUT)/train.json
 	$(CRFGAN) bench synthesize --json $(BENCH_OUT)/synthesize.json
 	$(CRFGAN) bench feed --json $(BENCH_OUT)/feed.json
+	$(CRFGAN) bench metrics --json $(BENCH_OUT)/metrics.json
 
 lint: install
 	$(VENV)/bin/ruff check crfgan pipelines tests
