@@ -483,6 +483,11 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
             raise ConfigError(f"config {name_or_path} must be a mapping of sections")
         cfg.name = mapping.pop("name", cfg.name)
         _apply_mapping(cfg, mapping)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: typing.Iterable[str] = ()) -> Config:
+    """``key=value`` overrides (YAML values) applied to ``cfg`` in place; returns it validated."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. model.crf.iterations=5)")

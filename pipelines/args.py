@@ -10,7 +10,8 @@ def add_config_arguments(p: argparse.ArgumentParser, default: str = "tiny") -> N
         "--config",
         default=default,
         metavar="NAME_OR_PATH",
-        help=f"preset (tiny, ct64, ct128, ct256, ct512, mri256) or a YAML file (default: {default})",
+        help="preset (tiny, ct64, ct128, ct256, ct512, mri256) or a YAML file (default: "
+             + (default if default else "the real shard dataset's own config, else ct64") + ")",
     )
     p.add_argument(
         "overrides",

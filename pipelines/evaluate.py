@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default="outputs/eval-cache", metavar="URI",
                    help="SSL extractor and real-feature cache (folder or s3://; default outputs/eval-cache)")
     p.add_argument("--max-volumes", type=int, default=0, help="use at most this many volumes per set (0: all)")
-    add_config_arguments(p, default="ct64")
+    add_config_arguments(p, default=None)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -205,10 +205,28 @@ def _log_mlflow(tracking: str, run_id: str, metrics: dict, report: str) -> None:
     client.log_artifacts(run_id, report, artifact_path="evaluation")
 
 
-def main(args: argparse.Namespace) -> int:
-    from crfgan.config import load_config
+def default_config(real_uri: str, config: str | None, overrides, endpoint: str = ""):
+    """``--config`` when given; else the real shard dataset's own config (its size, window and seam geometry); else
+    the defaults with the size taken from the real set when it is loaded."""
+    from crfgan.config import apply_overrides, config_from_dict, load_config
+    from crfgan.metrics.sets import is_shards
+    from crfgan.shards import read_manifest
 
-    cfg = load_config(args.config, args.overrides)
+    if config:
+        return load_config(config, overrides)
+    if is_shards(real_uri, endpoint):
+        manifest = read_manifest(real_uri, endpoint)
+        if isinstance(manifest.get("config"), dict):
+            return apply_overrides(config_from_dict(manifest["config"]), overrides)
+    return load_config("ct64", overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = default_config(args.real, args.config, args.overrides, os.environ.get("AWS_ENDPOINT_URL", ""))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 2
     if args.name and len(args.name) != len(args.synthetic):
         print(f"evaluate: {len(args.name)} --name for {len(args.synthetic)} --synthetic sets", file=sys.stderr)
         return 2

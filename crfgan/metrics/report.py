@@ -105,6 +105,8 @@ def _plots(stats: dict, modality: str, window, seams: list[int], out: Path) -> d
     files["power_spectra"] = _finish(
         fig, ax, "radial frequency (cycles per volume)", "power", "Radially averaged 3D power spectra", out / "power_spectra.png")
 
+    if not seams:  # no seam score at this size: no seam plot either
+        return files
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, s in stats.items():
         step = np.asarray(s["step"], dtype=float)

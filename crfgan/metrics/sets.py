@@ -32,7 +32,7 @@ class VolumeSet:
     name: str
     uri: str
     volumes: np.ndarray  # (N, S, S, S) in [-1, 1]
-    modality: str = "ct"  # ct | mri
+    modality: str = "ct"  # ct | mri | mixed (a shard set of both: metrics stay on the model scale)
     ct_window: tuple = (-1024.0, 600.0)
     data_hash: str = ""
     train: np.ndarray | None = None  # a shard dataset's train split (the memorisation reference)
@@ -64,9 +64,9 @@ def load_shards(uri: str, name: str, endpoint: str = "", max_volumes: int = 0) -
 
     manifest = read_manifest(uri, endpoint)
     cfg = config_from_dict(manifest["config"]) if "config" in manifest else None
-    vols, train, modality = [], [], None
+    vols, train, modalities = [], [], set()
     for row in read_volumes(uri, split=None, endpoint=endpoint):
-        modality = modality or row.get("modality")
+        modalities.add(str(row.get("modality") or "ct").lower())
         if not max_volumes or len(vols) < max_volumes:
             vols.append(row["volume"])
         if row.get("split") == "train":
@@ -75,7 +75,9 @@ def load_shards(uri: str, name: str, endpoint: str = "", max_volumes: int = 0) -
         raise ValueError(f"{uri}: the shard dataset holds no volumes")
     mhash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     window = tuple(cfg.data.ct_window) if cfg else (-1024.0, 600.0)
-    return VolumeSet(name, uri, np.stack(vols), modality or "ct", window, mhash,
+    # a mixed CT+MRI set is not in HU: "mixed" keeps every metric on the model scale (and says so in the report)
+    modality = modalities.pop() if len(modalities) == 1 else "mixed"
+    return VolumeSet(name, uri, np.stack(vols), modality, window, mhash,
                      np.stack(train) if train else None)
 
 

@@ -134,3 +134,18 @@ def test_nifti_set_from_an_s3_prefix(s3_server, tmp_path):
     assert st.volumes.shape == (4, 32, 32, 32) and st.modality == "ct"
     assert np.abs(st.volumes - vols).max() < 2.0 / (cfg.data.ct_window[1] - cfg.data.ct_window[0]) + 1e-4
     assert st.files[0].startswith("s3://synth/job/") and "broken.nii.gz" in st.errors[0]["file"]
+
+
+def test_config_defaults_to_the_real_shards_own(tmp_path):
+    """No --config: a 32³ shard dataset is evaluated with its own config (the old ct64 default refused it)."""
+    from crfgan.config import load_config
+    from pipelines.evaluate import default_config
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    cfg32 = load_config("tiny", ["data.spacing_mm=3"])
+    (shards / "manifest.json").write_text(json.dumps({"shards": [], "config": cfg32.to_dict()}))
+    got = default_config(str(shards), None, ["eval.score_volumes=4"])
+    assert got.model.image_size == 32 and got.data.spacing_mm == 3 and got.eval.score_volumes == 4
+    assert default_config(str(shards), "ct64", []).model.image_size == 64  # an explicit --config wins
+    assert default_config(str(tmp_path), None, []).model.image_size == 64  # a NIfTI folder: ct64, resized to the set
