@@ -82,9 +82,12 @@ def run(cfg, real_uri: str, synthetic: list[tuple[str, str]], report: str, cache
     t0 = time.perf_counter()
     run_id = tracking = None
     if model:
-        from pipelines.tracking import tracking_uri
+        from pipelines.tracking import lookup_tracking_uri
 
-        tracking = tracking_uri(cfg, ".")
+        tracking = lookup_tracking_uri(cfg)
+        if tracking is None:
+            raise ValueError(f"--model {model}: no MLflow store found: set MLFLOW_TRACKING_URI or mlflow.tracking_uri, "
+                             "or pass train.storage_path=FOLDER where crfgan train wrote FOLDER/mlflow.db (default: runs)")
         cfg, run_id = _model_config(model, tracking)
         log(f"[evaluate] data config and seam geometry from {model} (run {run_id})")
     real = load_set(real_uri, "real", cfg, max_volumes=max_volumes, log=log)
@@ -151,7 +154,7 @@ def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | 
     if len(sets) > 1:
         ratios = compute.versus_first(metrics)
     result = {"real": {"uri": scrub_uri(real.uri), "n": len(real.volumes), "modality": real.modality,
-                       "data_hash": real.data_hash, "size": s},
+                       "data_hash": real.data_hash, "size": s, "errors": real.errors},  # files skipped, and why
               "synthetic": {st.name: {"uri": scrub_uri(st.uri), "n": len(st.volumes), "errors": st.errors} for st in sets},
               "extractor": {"sha256": ext.sha256, "data_hash": ext.data_hash, "params": vars(ext.params)},
               "seam_geometry": {"border_period": geometry[0], "grid": geometry[1]} if geometry else None,
