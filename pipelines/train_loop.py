@@ -198,6 +198,16 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed from checkpoint at iteration {start_it} (lineage {lineage})", flush=True)
     _write_status(config.get("status_dir"), rank, start_it)
+    if start_it >= t.iterations:
+        # a finished run started again (e.g. a resumed sweep relaunching a trial whose end Tune had not recorded):
+        # report its final result again, so the caller ends with the run's real last metrics, not a stale earlier one
+        final = dict(state.get("final_metrics") or {"iteration": start_it})
+        final.update(resumed_finished=1, resumed_checkpoint_path=ckpt.path)
+        if rank == 0:
+            print(f"[train] the run had already finished at iteration {start_it}; reporting its final result",
+                  flush=True)
+        ray.train.report(final)
+        return
     if rank == 0:
         print(f"[train] rank 0 of {world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
 
@@ -277,7 +287,7 @@ def train_loop_per_worker(config: dict) -> None:
             tmp_dirs.append(tempfile.mkdtemp(prefix="crfgan-ckpt-"))
             path = save_checkpoint(os.path.join(tmp_dirs[-1], "checkpoint"), cfg, nets, opts, done, {
                 "ranks": rngs, "lineage": lineage + [[start_it, done]], "samples_seen": done * samples_per_iter,
-                "world_size": world, "trainer": "ray"})
+                "world_size": world, "trainer": "ray", **({"final_metrics": metrics} if last else {})})
             checkpoint = ray.train.Checkpoint.from_directory(str(path))
         # ASYNC: rank 0 uploads in the background and deletes its local copy after; no rank waits for the upload
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)

@@ -103,6 +103,8 @@ def _report_callback(metric: str):
                 m = dict(metrics[0])
                 if self.last_checkpoint:
                     m[CHECKPOINT_PATH_KEY] = self.last_checkpoint
+                elif m.get("resumed_checkpoint_path"):  # a finished trial relaunched by a resume: its final checkpoint
+                    m[CHECKPOINT_PATH_KEY] = m["resumed_checkpoint_path"]
                 self._training_actor_item_queue.put(m)
 
     return MetricReportCallback()

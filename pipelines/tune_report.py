@@ -164,10 +164,11 @@ def finish(spec: dict, cfg, space, grid, seconds: float) -> dict:
             client.set_tag(rid, "crfgan.tune.stopped_at", str(r["stopped_at"]))
             if r[metric] is not None and r["stopped_at"] is not None:
                 client.log_metric(rid, f"tune.{metric}", r[metric], step=r["stopped_at"])
-            # a trial's own driver may be stopped before it ends its run, or end it FAILED while ASHA stops it
-            if child.info.status == "RUNNING" or r["status"] == "stopped early":
-                client.set_terminated(rid, "FAILED" if r["status"] == "error" else
-                                      "KILLED" if r["status"] == "stopped early" else "FINISHED")
+            # a trial's own driver may be stopped before it ends its run, or end it FAILED while ASHA stops it (also
+            # at its last iteration, after its final result: then it is completed): the table decides the status
+            want = {"error": "FAILED", "stopped early": "KILLED"}.get(r["status"], "FINISHED")
+            if child.info.status != want:
+                client.set_terminated(rid, want)
         if best is not None:
             model = _register_best(spec, best, children.get(trial_name(spec["name"], best["trial"])))
             client.set_tag(spec["parent_run_id"], "crfgan.best_trial", best["trial"])

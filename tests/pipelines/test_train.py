@@ -77,6 +77,13 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tiny_shards, t
     assert sorted(r["start_iteration"] for r in rank1) == [0, resumed_at]
     assert {r["pid"] for r in rank1} - {killed["pid"]}, "rank 1 never restarted in a new process"
 
+    # the finished run started again (what a resumed sweep does with a trial whose end Tune had not recorded): no
+    # iteration runs, and the final result is reported again, not an earlier one
+    again = run_training(cfg, tiny_shards, mlflow_enabled=False)
+    assert again["metrics"]["resumed_finished"] == 1 and again["metrics"]["iteration"] == iters
+    assert again["metrics"]["val_l1"] == summary["metrics"]["val_l1"]
+    assert again["state"]["lineage"] == state["lineage"]
+
 
 def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_server, fake_aws_env, capfd):  # noqa: F811
     import boto3
@@ -195,3 +202,27 @@ def test_class_conditional_ray_run_learns_ct_and_mri_and_stores_the_names(ray_lo
     z = torch.randn(1, g.cfg.latent_dim)
     vols = [g.render(z, class_index=g.class_index([n])) for n in g.cfg.class_names]
     assert all(v.shape == (1, 1, 32, 32, 32) for v in vols) and not torch.equal(vols[0], vols[1])
+
+
+def test_a_bad_data_argument_is_refused_before_ray_starts(tiny_shards, tmp_path):  # noqa: F811
+    """A missing --data, a folder of raw scans and shards of another size: one line each, and Ray never started."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "scan.nii.gz").write_bytes(b"\x1f\x8b not really")
+    cases = [(str(tmp_path / "missing"), [], "does not exist"), (str(raw), [], "has no manifest.json"),
+             (tiny_shards, ["model.image_size=64"], "holds 32³ volumes")]
+    code = ("import sys, ray; from pipelines.cli import main; rc = main(sys.argv[1:]); "
+            "print('RAY', ray.is_initialized()); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for data, over, expected in cases:
+        p = subprocess.run([sys.executable, "-c", code, "train", "--data", data, "--config", "tiny", "--storage",
+                            str(tmp_path / "runs"), "--no-mlflow", *over], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 2, (data, p.stdout, p.stderr)
+        assert expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, (data, p.stderr)
+        assert "RAY False" in p.stdout, (data, p.stdout)
