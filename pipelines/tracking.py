@@ -12,6 +12,8 @@ Layout of one training run in MLflow:
 
 Tracking URI: ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<storage>/mlflow.db`` (embedded:
 a laptop needs no server; artifacts then live in ``<storage>/mlartifacts``). Clusters should use a server.
+``crfgan synthesize`` and ``crfgan evaluate --model`` look there too (``lookup_tracking_uri``): with the default
+``train.storage_path`` they find what ``crfgan train`` registered without any setting.
 The registered model is a models-from-code pyfunc: no pickle anywhere, weights in safetensors.
 """
 
@@ -46,6 +48,8 @@ def scrub_uri(uri: str) -> str:
     if "://" not in uri:
         return uri
     p = urlsplit(uri)
+    if "@" not in p.netloc and not p.query:
+        return uri  # nothing to hide; urlunsplit would also drop a slash of sqlite:////abs/path
     netloc = p.netloc.rsplit("@", 1)[-1]
     query = urlencode([(k, "***" if SECRET_KEYS.search(k) else v) for k, v in parse_qsl(p.query)])
     return urlunsplit((p.scheme, netloc, p.path, query, p.fragment))
@@ -55,15 +59,31 @@ def is_local(path: str) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
+def default_store(storage: str) -> Path:
+    """The embedded store of a local storage folder: ``<storage>/mlflow.db`` (absolute)."""
+    return Path(storage if is_local(storage) else ".").expanduser().resolve() / "mlflow.db"
+
+
+def lookup_tracking_uri(cfg) -> str | None:
+    """Where a reading stage (synthesize, evaluate) finds the registry: ``mlflow.tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else the embedded store ``crfgan train`` writes by default (``<train.storage_path>/mlflow.db``)
+    if it exists; None when there is none. Never creates a store."""
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = default_store(cfg.train.storage_path)
+    return f"sqlite:///{db}" if db.is_file() else None
+
+
 def tracking_uri(cfg, storage: str) -> str:
     # an explicit mlflow.tracking_uri wins: mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI process-wide, so
     # in one process an earlier stage's store would otherwise capture a later stage's runs
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    root = Path(storage if is_local(storage) else ".").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    db = default_store(storage)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 # manifest keys that describe a preprocessing run, not the data: a re-preprocess of the same inputs keeps the hash
@@ -235,7 +255,9 @@ class GeneratorModel(_Base):
         self.g = load_generator(context.artifacts["generator"])
         self.cfg = self.g.config
 
-    def predict(self, context, model_input, params=None):
+    # the hint (np.ndarray: a type MLflow infers no schema from) keeps MLflow from warning at every import that
+    # predict has none; a DataFrame with a ``seed`` column works as well
+    def predict(self, context, model_input: np.ndarray, params=None):
         names = None
         if hasattr(model_input, "columns"):
             seeds = model_input["seed"] if "seed" in model_input.columns else model_input.iloc[:, 0]

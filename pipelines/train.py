@@ -180,12 +180,16 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from pipelines import cluster, tracking
 
     refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
+    data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
+    manifest = read_manifest(data_uri, cfg.data.s3_endpoint)  # a missing or wrong --data: said before Ray starts
+    check_shards_match(cfg, data_uri, manifest)
+    if not any(sh.get("split") == "train" for sh in manifest.get("shards", [])):
+        raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
     ray = ensure_ray()
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
     endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     storage = cluster.s3_storage(storage_uri(t.storage_path), endpoint)
     # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
@@ -193,7 +197,6 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
                                                     else None), "training run",
                            {"CPU": t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if t.use_gpu else 0})
     print(f"[train] driver on node {ray.get_runtime_context().get_node_id()}", flush=True)
-    manifest = read_manifest(data_uri, cfg.data.s3_endpoint)
     if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
         free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker
         data_cpus = 1.0 if free >= 1 else 0.0
@@ -208,6 +211,9 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     if mlflow_enabled:
         uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest, parent_run_id=parent_run_id)
         loop_config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
+        print(f"[train] MLflow: {tracking.scrub_uri(uri)} (run {run_id}); crfgan synthesize finds its registry "
+              + ("with the same train.storage_path" if uri.startswith("sqlite:") and not cfg.mlflow.tracking_uri
+                 and not os.environ.get("MLFLOW_TRACKING_URI") else "with the same tracking URI"), flush=True)
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     trainer = TorchTrainer(
         _loop(),
@@ -301,6 +307,8 @@ def _no_shards(data_uri: str, e: Exception) -> str:
 
     if isinstance(e, NotSharedError):  # a multi-node refusal says itself what to set
         return f"train: {e}"
+    if "://" not in str(data_uri) and not Path(data_uri).expanduser().exists():
+        return f"train: --data {data_uri} does not exist"
     return (f"train: {data_uri} has no manifest.json ({e.__class__.__name__}): --data takes the output folder of "
             f"crfgan preprocess, not raw scans (crfgan preprocess --input SCANS --output SHARDS first)")
 

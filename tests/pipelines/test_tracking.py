@@ -107,6 +107,24 @@ def test_scrub_uri_hides_credentials():
     s = scrub_uri("s3://AKIA:SECRETVALUE@bucket/p?endpoint_override=127.0.0.1:9000&secret_key=xyz&scheme=http")
     assert "SECRETVALUE" not in s and "xyz" not in s and "AKIA" not in s
     assert s.startswith("s3://bucket/p?") and "endpoint_override=127.0.0.1%3A9000" in s
+    assert scrub_uri("sqlite:////tmp/runs/mlflow.db") == "sqlite:////tmp/runs/mlflow.db"  # no slash lost
+    assert scrub_uri("http://u:pw@127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_reading_stages_find_the_store_train_writes_by_default(tmp_path, monkeypatch):
+    from crfgan.config import load_config
+    from pipelines.tracking import lookup_tracking_uri, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config("tiny", [f"train.storage_path={tmp_path / 'runs'}"])
+    assert lookup_tracking_uri(cfg) is None and not (tmp_path / "runs").exists()  # looking never creates a store
+    written = tracking_uri(cfg, str(tmp_path / "runs"))  # what crfgan train uses with the same storage
+    (tmp_path / "runs" / "mlflow.db").write_bytes(b"")
+    assert lookup_tracking_uri(cfg) == written == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert lookup_tracking_uri(cfg) == "http://127.0.0.1:5000"
+    cfg.mlflow.tracking_uri = "http://127.0.0.1:6000"
+    assert lookup_tracking_uri(cfg) == "http://127.0.0.1:6000"
 
 
 def test_rerun_with_same_name_continues_the_mlflow_run(tracked_run, tiny_shards, mlflow_server):  # noqa: F811
