@@ -49,6 +49,12 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """A whole file (local or S3), uncompressed whatever its name."""
+    with fs.open_input_stream(path, compression=None) as f:
+        return f.read()
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

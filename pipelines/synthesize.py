@@ -14,11 +14,17 @@ any order and with any number of actors. Under ``--out``::
 
     synthetic_000000.nii.gz   one volume (true RAS affine; CT int16 HU, MRI int16 + scl_slope: see crfgan.synth)
     synthetic_000000.json     its sidecar: model, version, alias, run id, seed, index, config hash, package version …
+    job.json                  the job's identity: model (name, version, weights SHA-256), job seed, class, format and
+                              the render settings (synth.tiled, slab_embedding_slices, halo, norm_stats)
     manifest.json             the job: counts written / skipped / failed / present, failures, throughput
 
 Every file appears atomically (temp + rename locally, one PUT on S3) with the group's permissions (umask). A rerun
 writes only the volumes that are missing; a job killed mid-way and rerun ends with exactly ``count`` volumes, none
-rewritten. One job per output folder: a rerun deletes the hidden temporary files a killed local job left there.
+rewritten. One job per output folder: a rerun deletes the hidden temporary files a killed local job left there, and
+a rerun with another identity (another model version, seed, class, format or render setting) is refused before any
+work, saying what differs; so is a folder that holds synthetic volumes without a job.json. ``--start``/``--count`` may
+change between reruns of one job (to extend it). The output location is checked (a folder, writable) before the model
+is fetched or Ray starts.
 """
 
 from __future__ import annotations
@@ -35,6 +41,63 @@ from pipelines.args import add_config_arguments
 
 PREFIX = "synthetic_"
 ROW_KEYS = ("index", "status", "t_start", "t_end", "render_s", "encode_s", "write_s", "bytes", "peak_rss_mb", "error")
+
+
+JOB_FILE = "job.json"
+RENDER_KEYS = ("tiled", "slab_embedding_slices", "halo", "norm_stats")  # synth settings that change the voxels
+
+
+class JobMismatch(ValueError):
+    """The output folder belongs to another synthesis job."""
+
+
+def check_local_output(out: str) -> None:
+    """A local ``--out`` must be (or be creatable as) a writable folder: said before any work."""
+    import os
+    from pathlib import Path
+
+    p = Path(out).expanduser()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not writable by this user")
+
+
+def job_identity(model: dict, files: dict, job_seed: int, class_name: str | None, fmt: str, synth) -> dict:
+    """What decides the voxels of volume i in a folder (what a rerun must share with the job that filled it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(k for k in files if k.endswith(".safetensors")) + ["config.json"]:
+        h.update(files[name])
+    return {"model": model["name"], "version": model["version"], "weights_sha256": h.hexdigest(),
+            "job_seed": int(job_seed), "class": class_name, "format": fmt,
+            "render": {k: getattr(synth, k) for k in RENDER_KEYS}}
+
+
+def check_job(existing: dict | None, identity: dict, out: str, present: int) -> None:
+    """Refuse a rerun into a folder of another job, in one line: what differs and what to do."""
+    if existing is None:
+        if present:
+            raise JobMismatch(f"{out} holds {present} synthetic volume(s) but no {JOB_FILE} (another tool or an older "
+                              "crfgan): pick an empty --out, or remove those files")
+        return
+    diffs = []
+    if existing.get("weights_sha256") != identity["weights_sha256"]:
+        label = lambda d: f"{d.get('model')} v{d['version']}" if d.get("version") else str(d.get("model"))  # noqa: E731
+        diffs.append(f"model {label(existing)} there, {label(identity)} asked (other weights)")
+    for key, flag in (("job_seed", "--seed"), ("class", "--class"), ("format", "--format")):
+        if existing.get(key) != identity[key]:
+            diffs.append(f"{flag} {existing.get(key)} there, {identity[key]} asked")
+    for k, v in identity["render"].items():
+        if (existing.get("render") or {}).get(k) != v:
+            diffs.append(f"synth.{k}={(existing.get('render') or {}).get(k)} there, {v} asked")
+    if diffs:
+        raise JobMismatch(f"{out} belongs to another synthesis job ({'; '.join(diffs)}): rerun with the folder's "
+                          "settings to complete it, or pick another --out")
 
 
 def volume_name(index: int, fmt: str) -> str:
@@ -167,17 +230,23 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     import ray
 
     import crfgan
-    from crfgan.storage import filesystem, join, write_bytes_atomic
+    from crfgan.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
     from crfgan.synth import check_metadata, class_index_for, generator_metadata
     from pipelines.preprocess import data_context
     from pipelines.registry import fetch_model
     from pipelines.runtime import ensure_ray
     from pipelines.tracking import scrub_uri
 
-    if count < 0 or start < 0:
-        raise ValueError(f"--count and --start must be >= 0, got {count}, {start}")
+    if count < 1:
+        raise ValueError(f"--count must be at least 1, got {count}")
+    if start < 0:
+        raise ValueError(f"--start must be >= 0, got {start}")
+    if "://" not in str(out):
+        check_local_output(out)
     t0 = time.perf_counter()
-    model = fetch_model(model_uri, tracking_uri or cfg.mlflow.tracking_uri or None)
+    from pipelines.tracking import lookup_tracking_uri
+
+    model = fetch_model(model_uri, tracking_uri or lookup_tracking_uri(cfg))
     files = model.pop("files")
     jcfg = job_config(files, cfg)
     if "metadata.json" in files:
@@ -193,9 +262,20 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     fs, root = filesystem(out, endpoint)
     if "://" not in str(out):
         os.makedirs(root, exist_ok=True)
+    identity = job_identity(model, files, job_seed, class_name, fmt, jcfg.synth)
+    job_path = join(root, JOB_FILE)
+    existing = json.loads(read_bytes(fs, job_path)) if exists(fs, job_path) else None
+    done = _present(fs, root, fmt) | (_present(fs, root, "nii" if fmt == "nii.gz" else "nii.gz") if existing is None
+                                      else set())
+    check_job(existing, identity, scrub_uri(out), len(done))
+    if existing is None:
+        try:  # also the check that an s3:// --out is writable, before Ray starts
+            write_bytes_atomic(fs, job_path, json.dumps(identity, indent=2).encode())
+        except OSError as e:
+            raise ValueError(f"--out {scrub_uri(out)}: cannot write there ({type(e).__name__}: {e})") from None
     cleaned = _drop_temporaries(fs, root)
     wanted = range(start, start + count)
-    todo = [i for i in wanted if i not in _present(fs, root, fmt)]
+    todo = [i for i in wanted if i not in done]
     log(f"[synthesize] {model['uri']} (version {model['version']}) → {scrub_uri(out)}: {count} volumes, "
         f"{count - len(todo)} already there" + (f", {cleaned} stale temporary files removed" if cleaned else ""))
     rows: list[dict] = []
@@ -252,11 +332,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="URI",
                    help="models:/NAME@ALIAS, models:/NAME/VERSION (MLflow registry at MLFLOW_TRACKING_URI) or a "
                         "checkpoint / generator folder")
-    p.add_argument("--count", type=int, required=True, metavar="N", help="volumes in the job")
+    p.add_argument("--count", type=int, required=True, metavar="N", help="volumes in the job (at least 1)")
     p.add_argument("--start", type=int, default=0, metavar="K", help="first volume index (default 0)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="job seed (default synth.seed); volume i has "
                    "seed f(S, i)")
-    p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output folder or s3://bucket/prefix")
+    p.add_argument("--out", required=True, metavar="DIR_OR_S3",
+                   help="output folder or s3://bucket/prefix; one job per folder (job.json): a rerun with another model "
+                        "version, seed, class, format or render setting is refused")
     p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nii"), help="file format (default nii.gz)")
     p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                    help="render this class of a conditional model (model.class_names)")

@@ -84,7 +84,8 @@ def test_job_writes_correct_volumes_to_s3_and_rerun_skips(ray_local, s3_server, 
     m = run_job(uri, 3, "s3://synth/job1", _cfg("synth.actors=2"), tracking_uri=mlflow_server)
     assert m["counts"] == {"written": 3, "skipped": 0, "failed": 0, "present": 3} and m["actors"] == 2
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="synth", Prefix="job1/")["Contents"])
-    assert keys == ["job1/manifest.json"] + [f"job1/synthetic_{i:06d}.{e}" for i in range(3) for e in ("json", "nii.gz")]
+    assert keys == ["job1/job.json", "job1/manifest.json"] + [f"job1/synthetic_{i:06d}.{e}" for i in range(3)
+                                                               for e in ("json", "nii.gz")]
     arrays = {}
     for i in range(3):
         img = _load(s3.get_object(Bucket="synth", Key=f"job1/synthetic_{i:06d}.nii.gz")["Body"].read())
@@ -190,3 +191,87 @@ def test_actor_memory_stays_flat_as_the_count_grows(ray_local, tmp_path):
         assert m["counts"]["written"] == n
         peaks[n] = m["actor_peak_rss_mb"]
     assert peaks[3] > 0 and peaks[30] / peaks[3] < 1.10, peaks
+
+
+def test_a_folder_belongs_to_one_job(ray_local, tmp_path, capsys):
+    """A rerun with another seed, model, format, class or render setting is refused in one line before any work;
+    another count (or actor count) of the same job completes it; files of an unknown job are never adopted."""
+    from pipelines.cli import main
+    from pipelines.synthesize import JobMismatch, run_job
+
+    gdir = _generator(tmp_path)
+    out = tmp_path / "job"
+    assert run_job(str(gdir), 2, str(out), _cfg("synth.actors=1"))["counts"]["written"] == 2
+    ident = json.loads((out / "job.json").read_text())
+    assert ident["job_seed"] == 0 and ident["format"] == "nii.gz" and len(ident["weights_sha256"]) == 64
+    before = sorted(p.name for p in out.iterdir())
+
+    torch.manual_seed(1)  # another generator with the same name: a new version's weights
+    from crfgan.checkpoint import load_generator, save_generator
+    from crfgan.generator import Generator
+
+    g0 = load_generator(gdir)
+    other = save_generator(tmp_path / "other", g0.config, Generator(g0.config.model), {}, g0.metadata)
+    cases = [(dict(seed=7), "--seed 0 there, 7 asked"), (dict(fmt="nii"), "--format nii.gz there, nii asked"),
+             (dict(model=str(other)), "model gen32 there, other asked"), (dict(over=["synth.norm_stats=train"]),
+                                                                      "synth.norm_stats=global there, train asked")]
+    for kw, expected in cases:
+        with pytest.raises(JobMismatch, match=expected.replace(".", r"\.")):
+            run_job(kw.get("model", str(gdir)), 2, str(out), _cfg("synth.actors=1", *kw.get("over", [])),
+                    seed=kw.get("seed"), fmt=kw.get("fmt", "nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written, manifest untouched
+
+    rc = main(["synthesize", "--model", str(gdir), "--count", "2", "--seed", "7", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "pick another --out" in err, err
+
+    m = run_job(str(gdir), 3, str(out), _cfg("synth.actors=2"))  # the same job, extended
+    assert m["counts"] == {"written": 1, "skipped": 2, "failed": 0, "present": 3} and m["job_seed"] == 0
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "synthetic_000000.nii.gz").write_bytes((out / "synthetic_000000.nii.gz").read_bytes())
+    with pytest.raises(JobMismatch, match="holds 1 synthetic volume"):
+        run_job(str(gdir), 2, str(foreign), _cfg("synth.actors=1"))
+    assert sorted(p.name for p in foreign.iterdir()) == ["synthetic_000000.nii.gz"]
+
+
+def test_bad_count_and_output_are_refused_before_the_model_is_fetched(tmp_path, capsys):
+    from pipelines.cli import main
+
+    missing_model = str(tmp_path / "no-model")  # were the model fetched first, the error would name it
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [(["--count", "0", "--out", str(tmp_path / "o")], "--count must be at least 1, got 0"),
+             (["--count", "2", "--start", "-1", "--out", str(tmp_path / "o")], "--start must be >= 0"),
+             (["--count", "2", "--out", str(a_file / "sub")], f"{a_file} is a file, not a folder"),
+             (["--count", "2", "--out", str(a_file)], f"{a_file} is a file, not a folder")]
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        cases.append((["--count", "2", "--out", str(ro / "x")], f"{ro} is not writable"))
+    for args, expected in cases:
+        assert main(["synthesize", "--model", missing_model, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (args, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_synthesize_finds_the_registry_train_wrote_by_default(ray_local, tmp_path, monkeypatch):
+    """No MLFLOW_TRACKING_URI, no mlflow.tracking_uri: `runs/mlflow.db` (crfgan train's default store) is used."""
+    from mlflow.tracking import MlflowClient
+
+    from crfgan.checkpoint import load_generator
+    from pipelines.synthesize import run_job
+    from pipelines.tracking import register_generator, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    gdir = _generator(tmp_path)
+    cfg = load_generator(gdir).config
+    uri = tracking_uri(_cfg(), "runs")  # what crfgan train resolves with the default train.storage_path
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("default-store", artifact_location=str(tmp_path / "art")))
+    name, version = register_generator(uri, run.info.run_id, cfg, str(gdir), {"data_manifest_hash": "h1"})
+    m = run_job(f"models:/{name}@candidate", 1, "syn", _cfg("synth.actors=1"))
+    assert m["counts"]["written"] == 1 and m["model"]["version"] == version
