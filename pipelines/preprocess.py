@@ -4,7 +4,8 @@
 
 Stages (the pure work is ``crfgan.io.load_scan`` → ``crfgan.volume.prepare``):
 1. Driver: ``pipelines.sources.discover`` lists paths and sizes (no contents) and forms units (file, DICOM folder,
-   archive).
+   archive). Links in an input folder are followed only to files inside it; any other link becomes an error row
+   (stage ``input``) without being read.
 2. Ray Data ``map`` over units (one task per block, blocks of a few units): each task stages its unit (S3 download,
    safe archive extraction, DICOM series split), prepares every volume and writes one staging Parquet file per unit
    atomically; only small JSON metadata comes back to the driver. Any exception becomes an error row
@@ -185,6 +186,10 @@ def _map_unit(row: dict, cfg_json: str, out_uri: str, endpoint: str, umask: int 
     if umask is not None:  # the driver user's umask: a Ray worker keeps the one of the process that started Ray
         os.umask(umask)
     unit = json.loads(row["unit"])
+    if unit["kind"] == "refused":  # sources.discover: an input entry that is not read (a link that leaves the input …)
+        res = {"unit": unit["uri"], "bytes_in": 0, "volumes": [], "skipped": False, "staging": "",
+               "errors": [{"source_uri": unit["uri"], "stage": "input", "reason": unit["reason"]}]}
+        return {"result": json.dumps(res)}
     try:
         res = process_unit(unit, _config(cfg_json), out_uri, endpoint)
     except Exception as e:  # noqa: BLE001 — writing the staging file failed: report it, keep the run going

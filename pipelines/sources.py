@@ -108,20 +108,41 @@ def _stat(path: str) -> tuple[str, int, int]:
     return path, st.st_size, st.st_mtime_ns
 
 
-def _list_local(pattern: str) -> list[tuple[str, int, int]]:
+def _link_refusal(path: str, top: str) -> str | None:
+    """Why a symbolic link inside an input folder is not read (None: it is followed). The rule, as for archive
+    members: a link is followed only to a file inside the input folder; a dangling link, a link that leaves the folder
+    and a link to a folder (never walked: no loops) each get an error row."""
+    target = os.path.realpath(path)
+    if not os.path.exists(target):
+        return f"dangling symbolic link (to {os.readlink(path)})"
+    if os.path.isdir(target):
+        return "symbolic link to a folder: not followed"
+    if os.path.commonpath([target, os.path.realpath(top)]) != os.path.realpath(top):
+        return "symbolic link that points outside the input folder: not followed"
+    return None
+
+
+def _list_local(pattern: str) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """(files as (path, size, mtime), refused entries as (path, reason)) under a path or glob."""
     paths = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
     if not paths or not any(os.path.exists(p) for p in paths):
         raise FileNotFoundError(f"input {pattern!r} matches no file or folder")
-    out = []
+    out, refused = [], []
     for p in paths:
         p = os.path.abspath(p)
         if os.path.isdir(p):
-            for root, dirs, names in os.walk(p):
+            for root, dirs, names in os.walk(p):  # does not descend into linked folders
                 dirs.sort()
-                out += [_stat(os.path.join(root, n)) for n in sorted(names) if os.path.isfile(os.path.join(root, n))]
+                for n in sorted(names) + sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
+                    f = os.path.join(root, n)
+                    why = _link_refusal(f, p) if os.path.islink(f) else None
+                    if why:
+                        refused.append((f, why))
+                    elif os.path.isfile(f):
+                        out.append(_stat(f))
         elif os.path.isfile(p):
             out.append(_stat(p))
-    return out
+    return out, refused
 
 
 def _etags(bucket_prefix: str, endpoint: str) -> dict[str, str]:
@@ -166,12 +187,15 @@ def discover(inputs: list[str], endpoint: str = "") -> list[dict]:
         if uri.startswith("phantom://"):
             units.update({u["uri"]: u for u in _phantom_units(uri)})
             continue
+        refused: list = []
         if uri.startswith("s3://"):
             listing, scheme = _list_s3(uri, endpoint), "s3://"
         else:
-            listing, scheme = _list_local(uri), ""
+            (listing, refused), scheme = _list_local(uri), ""
         for u in _units_from_listing(listing, scheme):
             units[u["uri"]] = u
+        for path, why in refused:  # not read, but never silently dropped: preprocess gives each an error row
+            units[path] = {"uri": path, "kind": "refused", "size": 0, "files": [], "version": "", "reason": why}
     return [units[k] for k in sorted(units)]
 
 

@@ -125,6 +125,8 @@ def run_loop(inputs: list[str], out: str, cfg) -> int:
 
     metas = []
     for u in sources.discover(inputs):
+        if u["kind"] == "refused":
+            continue
         r = preprocess.process_unit(u, cfg, out, "")
         metas += [{**m, "staging": r["staging"]} for m in r["volumes"]]
     fs, root = filesystem(out)

@@ -48,6 +48,12 @@ def collection(tmp_path_factory):
         info = tarfile.TarInfo("/tmp/crfgan-preprocess-evil")
         info.size = 4
         t.addfile(info, io.BytesIO(b"evil"))
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # links that leave the input are never read
+    shutil.copy(FLAIR, elsewhere / "secret.nii.gz")
+    (d / "links").mkdir()
+    (d / "links" / "outside.nii.gz").symlink_to(elsewhere / "secret.nii.gz")
+    (d / "links" / "dangling.nii.gz").symlink_to(d / "links" / "gone.nii.gz")
+    (d / "links" / "folder").symlink_to(elsewhere, target_is_directory=True)
     return d
 
 
@@ -66,6 +72,9 @@ EXPECTED_ERRORS = {  # file name → (stage, part of the reason)
     "gap": ("read", "missing 1 slice(s)"),
     "evil.zip": ("extract", "points outside the extraction folder"),
     "evil.tar.gz": ("extract", "absolute path"),
+    "outside.nii.gz": ("input", "points outside the input folder"),
+    "dangling.nii.gz": ("input", "dangling symbolic link"),
+    "folder": ("input", "symbolic link to a folder"),
 }
 
 
@@ -119,7 +128,8 @@ def test_rerun_skips_finished_and_keeps_shards(first_run, collection):
     rc2 = cli("--input", str(collection), "--output", str(out), "--config", "tiny", "data.max_error_fraction=0.9",
               "data.val_fraction=0.3", "data.keep_staging=true")
     m = read_manifest(str(out))
-    assert rc2 == rc == 0 and m["units_skipped"] == m["inputs"] == 18  # every unit was finished
+    # every unit was finished; the 3 refused links are never read, so never "finished": each gets its error row again
+    assert rc2 == rc == 0 and m["units_skipped"] == m["inputs"] - 3 == 18
     assert m["staging_kept"] and m["staging_bytes"] > 0
     assert md5s(out) == before
 

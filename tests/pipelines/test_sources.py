@@ -37,6 +37,28 @@ def test_discover_local_groups_dicom_and_skips_readme():
         discover([str(DATA / "nothing-here")])
 
 
+def test_links_are_followed_only_to_files_inside_the_input(tmp_path):
+    top, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    (top / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (top / "a.nii.gz").write_bytes(b"a")
+    (elsewhere / "b.nii.gz").write_bytes(b"b")
+    (top / "sub" / "inside.nii.gz").symlink_to(top / "a.nii.gz")
+    (top / "outside.nii.gz").symlink_to(elsewhere / "b.nii.gz")
+    (top / "dangling.nii.gz").symlink_to(top / "nope.nii.gz")
+    (top / "loop").symlink_to(top, target_is_directory=True)
+    units = {u["uri"].rsplit("/", 1)[-1]: u for u in discover([str(top)])}
+    assert units["a.nii.gz"]["kind"] == "file" and units["inside.nii.gz"]["kind"] == "file"
+    assert {k: u["reason"].split(" (")[0] for k, u in units.items() if u["kind"] == "refused"} == {
+        "outside.nii.gz": "symbolic link that points outside the input folder: not followed",
+        "dangling.nii.gz": "dangling symbolic link",
+        "loop": "symbolic link to a folder: not followed"}
+    # the input itself may be a link: the user named it
+    (tmp_path / "named").symlink_to(top, target_is_directory=True)
+    assert {u["uri"].rsplit("/", 1)[-1] for u in discover([str(tmp_path / "named")]) if u["kind"] == "file"} == {
+        "a.nii.gz", "inside.nii.gz"}
+
+
 def _zip(path, members):
     with zipfile.ZipFile(path, "w") as z:
         for name, data in members.items():
