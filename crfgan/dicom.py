@@ -29,6 +29,13 @@ def list_series(folder) -> dict[str, list[str]]:
     return out
 
 
+# SOP classes of enhanced multi-frame images (one file holds the whole series; orientation lives in functional groups)
+ENHANCED_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1": "CT", "1.2.840.10008.5.1.4.1.1.4.1": "MR",
+                        "1.2.840.10008.5.1.4.1.1.4.3": "MR color", "1.2.840.10008.5.1.4.1.1.130": "PET",
+                        "1.2.840.10008.5.1.4.1.1.2.2": "CT (legacy converted)",
+                        "1.2.840.10008.5.1.4.1.1.4.4": "MR (legacy converted)"}
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.strip().split("\\") if v.strip()]
 
@@ -50,6 +57,14 @@ def slice_positions(files: list[str], name: str) -> tuple[np.ndarray, dict]:
         def get(k: str, r=r) -> str:
             return r.GetMetaData(k) if r.HasMetaDataKey(k) else ""
         if normal is None:
+            frames = get("0028|0008").strip()
+            sop = get("0008|0016").strip()
+            if (frames.isdigit() and int(frames) > 1) or sop in ENHANCED_SOP_CLASSES:
+                what = ENHANCED_SOP_CLASSES.get(sop, "multi-frame")
+                raise ScanError(name, f"DICOM file {Path(f).name} is an enhanced {what} image"
+                                      + (f" ({frames} frames)" if frames.isdigit() and int(frames) > 1 else "")
+                                      + ": enhanced multi-frame DICOM is not supported; convert it to NIfTI (e.g. "
+                                        "dcm2niix) or to classic single-frame DICOM", file=f)
             iop = _floats(get("0020|0037"))
             if len(iop) != 6:
                 raise ScanError(name, f"DICOM file {Path(f).name} lacks ImageOrientationPatient (0020,0037)", file=f)

@@ -114,6 +114,19 @@ def check_header_bytes(head: bytes, name: str, max_voxels: int = DEFAULT_MAX_VOX
     _check_shape(name, img.shape, max_voxels)
 
 
+def to_float32(raw: np.ndarray, name: str) -> np.ndarray:
+    """Voxels as float32; finite values beyond float32's range are refused here (cast, they would become Inf and be
+    reported as NaN/Inf voxels)."""
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
+        big = np.abs(raw) > np.finfo(np.float32).max  # NaN compares False, Inf is counted with the NaN/Inf check
+        big &= np.isfinite(raw)
+        n = int(big.sum())
+        if n:
+            raise ScanError(name, f"{n:,} of {raw.size:,} voxels have finite values beyond float32's range (|v| up to "
+                                  f"{float(np.abs(raw[big]).max()):.3g}): not plausible intensities; refused")
+    return raw.astype(np.float32, copy=False)
+
+
 def _read_nifti(img, name: str, max_voxels: int) -> Scan:
     _check_dtype(name, img.get_data_dtype())
     shape = _check_shape(name, img.shape, max_voxels)
@@ -123,9 +136,10 @@ def _read_nifti(img, name: str, max_voxels: int) -> Scan:
         img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape), img.affine, img.header)
     img = nib.as_closest_canonical(img)
     try:
-        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+        raw = np.asarray(img.dataobj).reshape(img.shape[:3])  # native type (float64 after scaling), then checked
     except (EOFError, zlib.error, OSError, ValueError) as e:
         raise ScanError(name, f"voxel data cannot be read, the file is truncated or corrupt ({type(e).__name__}: {e})") from None
+    arr = to_float32(raw, name)
     spacing = np.array([float(z) for z in img.header.get_zooms()[:3]])
     if not np.all(spacing > 0):
         raise ScanError(name, f"has non-positive voxel spacing {spacing.tolist()}")

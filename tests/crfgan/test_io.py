@@ -24,7 +24,7 @@ DICOM = DATA / "ct" / "example_ct_dicom"
 RGB = DATA / "bad" / "ct_perfusion_rgb.nii.gz"
 
 
-def copy_series_with_uid(src: Path, dst: Path, uid: str, skip: set[int] = frozenset()) -> None:
+def copy_series_with_uid(src: Path, dst: Path, uid: str, skip: set[int] = frozenset(), tags: dict | None = None) -> None:
     """Rewrite a DICOM series with a new SeriesInstanceUID (SimpleITK, keeping geometry and modality tags).
 
     GDCM's writer switches the process locale to "C" (text files then open as ASCII); it is restored after.
@@ -33,12 +33,12 @@ def copy_series_with_uid(src: Path, dst: Path, uid: str, skip: set[int] = frozen
 
     saved = locale.setlocale(locale.LC_ALL)
     try:
-        _copy_series(sitk, src, dst, uid, skip)
+        _copy_series(sitk, src, dst, uid, skip, tags or {})
     finally:
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _copy_series(sitk, src: Path, dst: Path, uid: str, skip) -> None:
+def _copy_series(sitk, src: Path, dst: Path, uid: str, skip, tags: dict) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     keep = ("0008|0060", "0020|0032", "0020|0037", "0028|0030", "0018|0050", "0020|0013")
     for i, f in enumerate(sorted(src.iterdir())):
@@ -51,6 +51,8 @@ def _copy_series(sitk, src: Path, dst: Path, uid: str, skip) -> None:
             if k not in keep:
                 img.EraseMetaData(k)
         img.SetMetaData("0020|000e", uid)
+        for k, v in tags.items():
+            img.SetMetaData(k, v)
         w = sitk.ImageFileWriter()
         w.KeepOriginalImageUIDOn()
         w.SetFileName(str(dst / f"{uid}-{i:03d}.dcm"))
@@ -164,6 +166,31 @@ def test_dicom_series_and_missing_slice(tmp_path):
     copy_series_with_uid(DICOM, gap, "1.2.3.9", skip={10})
     with pytest.raises(ScanError, match=r"missing 1 slice\(s\): gap of 4.00 mm"):
         load_scan(gap)
+
+
+@needs_data
+def test_enhanced_multiframe_dicom_is_named_as_such(tmp_path):
+    enhanced = tmp_path / "enhanced"
+    copy_series_with_uid(DICOM, enhanced, "1.2.3.11", tags={"0008|0016": "1.2.840.10008.5.1.4.1.1.2.1"})
+    with pytest.raises(ScanError, match="is an enhanced CT image: enhanced multi-frame DICOM is not supported"):
+        load_scan(enhanced)
+
+
+def test_finite_values_beyond_float32_are_refused_without_warnings(tmp_path):
+    import warnings
+
+    arr = np.full((16, 16, 16), 1e39)
+    arr[0, 0, :10] = 5.0
+    p = tmp_path / "overflow.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's cast overflow or nibabel's warning would raise here
+        with pytest.raises(ScanError, match=r"4,086 of 4,096 voxels have finite values beyond float32's range") as e:
+            load_scan(p)
+    assert "NaN/Inf" not in str(e.value)
+    ok = np.linspace(-1000, 1000, 16**3).reshape(16, 16, 16)  # float64 in range: read as before
+    nib.save(nib.Nifti1Image(ok, np.eye(4)), tmp_path / "f64.nii.gz")
+    assert np.allclose(load_scan(tmp_path / "f64.nii.gz").array.max(), 1000.0)
 
 
 @needs_data
