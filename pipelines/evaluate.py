@@ -150,6 +150,7 @@ def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | 
     med3d = _med3d_metrics(cfg, real, sets, log)
     for name, extra in med3d.items():
         metrics[name].update(extra)
+    notes += compute.seam_notes(metrics, geometry)
     ratios = None
     if len(sets) > 1:
         ratios = compute.versus_first(metrics)

@@ -125,6 +125,24 @@ def compare(real: dict, syn: dict, modality: str, window, ms_real: float, ms_syn
     return m
 
 
+SEAM_LOW = 0.8  # a seam score this far below 1 is not "better than no seam": the seam geometry is probably wrong
+
+
+def seam_notes(metrics: dict, geometry: tuple[int, int] | None) -> list[str]:
+    """Notes for seam scores that cannot be read as "no seam": below ``SEAM_LOW`` the assumed border depths hold
+    fewer jumps than other depths (e.g. borders half a slab off score about 0.45), so the geometry does not match
+    how the volumes were rendered."""
+    out = []
+    for name, m in metrics.items():
+        x = m.get("seam_score")
+        if x is not None and np.isfinite(x) and x < SEAM_LOW:
+            period = f" (border period {geometry[0]})" if geometry else ""
+            out.append(f"{name}: seam_score {x:.2f} is below {SEAM_LOW}: the assumed sub-volume borders{period} hold "
+                       "fewer jumps than other depths, so they are probably not where these volumes were rendered in "
+                       "pieces; check --model / model.* (the score says nothing about seams then)")
+    return out
+
+
 # comparison mode: a ratio to the first set only where it means something (ideal 0 and never negative);
 # every other metric gets a difference
 RATIO_METRICS = {"quality_score", "swd_fine", "swd_all", "fd_ssl", "spectrum_dist", "hist_w1_hu", "hist_w1",

@@ -44,3 +44,15 @@ def test_random_generator_one_pass_scores_one_only_when_phase_matched():
     step, _ = boundary_profiles(vols)
     naive = np.mean(step[s["seams"]]) / np.nanmean(np.delete(step, [0, *s["seams"]]))
     assert abs(naive - 1) > abs(s["seam_score"] - 1) + 0.05
+
+
+def test_seams_half_a_slab_off_score_below_one_and_are_flagged(real64):
+    from crfgan.metrics.compute import SEAM_LOW, seam_notes
+
+    off = real64.copy()
+    off[:, 4::8] -= 0.15  # the jumps sit half a slab away from the assumed borders
+    low = seam_score(np.clip(off, -1, 1), 8, 4)["seam_score"]
+    ok = seam_score(real64, 8, 4)["seam_score"]
+    assert low < SEAM_LOW < ok
+    notes = seam_notes({"off": {"seam_score": low}, "real-like": {"seam_score": ok}, "32": {}}, (8, 4))
+    assert len(notes) == 1 and notes[0].startswith("off: seam_score") and "border period 8" in notes[0]
