@@ -125,11 +125,6 @@ class Generator(nn.Module):
         self.embedding = EmbeddingGenerator(cfg)
         self.renderer = SlabRenderer(cfg)
 
-    @property
-    def num_starts(self) -> int:
-        """Valid sub-volume starts, in embedding slices: 0 … E − e."""
-        return self.cfg.emb_size - self.cfg.emb_slab_depth + 1
-
     def slab_of(self, a: torch.Tensor, start: int) -> torch.Tensor:
         e = self.cfg.emb_slab_depth
         assert 0 <= start and start + e <= a.shape[2], f"sub-volume start {start} + {e} outside A of depth {a.shape[2]}"

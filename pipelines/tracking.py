@@ -26,6 +26,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -119,13 +120,6 @@ def montage(volumes: np.ndarray):
     return Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
 
 
-def render_volumes(g, cfg, seeds, device="cpu", class_index=None) -> np.ndarray:
-    """Seeds → (B, S, S, S) in [-1, 1]: ``crfgan.synth.render_volumes`` (montages, the pyfunc)."""
-    from crfgan.synth import render_volumes as render
-
-    return render(g, cfg, seeds, device, class_index=class_index)
-
-
 # ------------------------------------------------------------------------------------------------ driver side
 def experiment_id(client, cfg, uri: str, storage: str) -> str:
     """``mlflow.experiment``'s id, created on first use (embedded sqlite: artifacts in ``<storage>/mlartifacts``)."""
@@ -190,7 +184,9 @@ def _meta_dataset(data_uri: str, digest: str, manifest: dict):
 
     clean = scrub_uri(data_uri)
     try:
-        source = resolve_dataset_source(clean if "://" in clean else str(Path(clean).resolve()))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways: LocalArtifactDatasetSource, …" (same)
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(clean if "://" in clean else str(Path(clean).resolve()))
     except Exception:  # an unusual scheme: still record where the shards were
         source = HTTPDatasetSource(clean)
     counts = manifest.get("counts", {}).get("split", {})
@@ -266,6 +262,8 @@ class GeneratorModel(_Base):
             seeds = model_input
         seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
         cls = self.g.class_index([str(n) for n in names]) if names is not None else None
+        from crfgan.synth import render_volumes
+
         return render_volumes(self.g, self.cfg, seeds, class_index=cls)
 
 
@@ -298,6 +296,8 @@ class WorkerTracker:
         try:
             k = self.cfg.model.num_classes  # conditional: seed 0 as class 0, seed 1 as class 1 (mod K)
             cls = np.arange(2) % k if k else None
+            from crfgan.synth import render_volumes
+
             vols = render_volumes(g, self.cfg, seeds=[0, 1], device=device, class_index=cls)
         finally:
             g.train(was)

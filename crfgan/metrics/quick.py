@@ -31,15 +31,6 @@ def ssl_params(cfg) -> SSLParams:
     return SSLParams(width=e.ssl_width, steps=e.ssl_steps, batch=e.ssl_batch, seed=e.ssl_seed)
 
 
-def volumes_hash(volumes) -> str:
-    """A data hash of in-memory volumes (when no manifest identifies them)."""
-    v = np.ascontiguousarray(np.asarray(volumes, dtype=np.float32))
-    h = hashlib.sha256(f"{v.shape}".encode())
-    for x in v:
-        h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
-    return h.hexdigest()[:16]
-
-
 def get_extractor(volumes_fn, data_hash: str, params: SSLParams, cache_uri: str = "", log=print,
                   endpoint: str = "", max_volumes: int = 0) -> tuple[Extractor, np.ndarray]:
     """(extractor, real features) for the data ``data_hash``: read from ``cache_uri`` when present there, else trained
