@@ -170,6 +170,7 @@ def versus_first(metrics: dict[str, dict]) -> dict[str, dict]:
 # which way is better, for the report's "how to read"
 IDEAL = {"quality_score": "floor (see README)", "swd_fine": "0", "intensity_term": "0", "collapse_term": "0",
          "seam_term": "0", "intensity_shift_hu": "0 HU", "dup_ratio": "≈1 (→0: copies of each other)",
-         "memorisation_ratio": "≳1 (→0: training copies, plain or mirrored)", "swd_all": "0", "fd_ssl": "0", "kid_ssl": "0", "mmd_ssl": "0", "spectrum_dist": "0", "hist_w1_hu": "0 HU", "hist_w1": "0",
+         "memorisation_ratio": "≳1 (→0: training copies, plain or mirrored)", "swd_all": "0", "fd_ssl": "0",
+         "kid_ssl": "0", "mmd_ssl": "0", "spectrum_dist": "0", "hist_w1_hu": "0 HU", "hist_w1": "0",
          "tissue_l1": "0", "diversity_ratio": "1 (→0: collapse)", "nn_ratio": "≈1 (≪1: memorised)",
          "seam_score": "1 (>1: seam)", "seam_grad_score": "1 (>1: seam)", "fid_med3d": "0", "mmd_med3d": "0"}

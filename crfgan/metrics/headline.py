@@ -26,6 +26,10 @@ Memorisation is not in the score (copies are perfect by every fidelity measure):
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HU_PER_UNIT = 812.0  # the default CT window −1024…600 HU mapped to [−1, 1]
 SHIFT_TOLERANCE_HU, SHIFT_SLOPE = 30.0, 1 / 2
@@ -58,7 +62,7 @@ def hist_w1_hu(q_real, q_syn, modality: str = "ct", window=(-1024.0, 600.0)) -> 
     return float(np.mean(np.abs(np.asarray(q_real) - np.asarray(q_syn)))) * HU_PER_UNIT
 
 
-def histogram_counts(volumes) -> "np.ndarray":
+def histogram_counts(volumes) -> np.ndarray:
     """Raw counts on the headline's bins (additive over chunks of a set)."""
     import numpy as np
 
@@ -66,7 +70,7 @@ def histogram_counts(volumes) -> "np.ndarray":
     return h.astype(np.float64)
 
 
-def log_histogram_from_counts(h) -> "np.ndarray":
+def log_histogram_from_counts(h) -> np.ndarray:
     import numpy as np
     from scipy.ndimage import gaussian_filter1d
 
@@ -74,7 +78,7 @@ def log_histogram_from_counts(h) -> "np.ndarray":
     return h - h.mean()
 
 
-def log_histogram(volumes) -> "np.ndarray":
+def log_histogram(volumes) -> np.ndarray:
     """The set's intensity histogram on the model scale (406 bins over [−1, 1]: 4 HU each in the default CT
     window), log(1 + count), smoothed (σ = 2 bins) and centred: peak *positions* weigh, tissue proportions little."""
     return log_histogram_from_counts(histogram_counts(volumes))

@@ -27,7 +27,8 @@ HOW_TO_READ = """\
   (**seam_term**, from seam_score, 64³ and up). Lower is better; a held-out real set scores its floor (the README's
   degradation table gives the floor and what each failure costs). **memorisation_ratio**: distance of each volume to
   the nearest training volume or its mirror image, over the training set's own; near 0: copies.
-- **fd_ssl, kid_ssl, mmd_ssl** (blind to blur, noise and seams: see the README's degradation table): Fréchet distance, unbiased KID (± its std over subsets) and Gaussian-kernel MMD
+- **fd_ssl, kid_ssl, mmd_ssl** (blind to blur, noise and seams: see the README's degradation table): Fréchet
+  distance, unbiased KID (± its std over subsets) and Gaussian-kernel MMD
   (median heuristic) on features of this project's self-supervised 3D extractor (trained on the real training
   volumes; its SHA-256 is below). Lower is better; 0 is the real set against itself. They are **not** FID or the
   published Med3D numbers and are comparable only between reports with the same extractor hash. With few volumes the

@@ -161,7 +161,7 @@ class Reference:
                 "params": np.asarray([p.levels, p.patch, p.patches_per_volume, p.directions, p.quantiles, p.seed])}
 
     @classmethod
-    def from_arrays(cls, a: dict) -> "Reference":
+    def from_arrays(cls, a: dict) -> Reference:
         p = SWDParams(*(int(v) for v in a["params"]))
         return cls(p, tuple(int(v) for v in a["shape"]), list(a["scales"]), list(a["quantiles"]), a["low"],
                    a["low_flip"])

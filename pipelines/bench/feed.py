@@ -210,7 +210,7 @@ def _moto():
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
-        raise SystemExit("bench feed --source s3 needs moto (pip install 'moto[server]'): it serves a loopback S3")
+        raise SystemExit("bench feed --source s3 needs moto (pip install 'moto[server]'): it serves a loopback S3") from None
     import logging
 
     for k, v in {"AWS_ACCESS_KEY_ID": "bench-fake-key", "AWS_SECRET_ACCESS_KEY": "bench-fake-secret",
