@@ -23,7 +23,6 @@ planned content is unchanged are not rewritten, so the output is the same files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -34,6 +33,7 @@ import traceback
 import warnings
 
 from pipelines.args import add_config_arguments
+from pipelines.runtime import data_context
 
 PHANTOM_FACTORS = "phantom_factors.json"  # sidecar of phantom:// inputs: generative factors per volume id
 
@@ -209,22 +209,6 @@ def _write_shard(plan: dict, out_uri: str, endpoint: str, umask: int | None = No
 
 
 # ---------------------------------------------------------------------------------------------------- driver side
-@contextlib.contextmanager
-def data_context(**settings):
-    """Set Ray Data context fields for this pipeline only and restore them after (the trainer shares the driver)."""
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    old = {k: getattr(ctx, k) for k in settings}
-    for k, v in settings.items():
-        setattr(ctx, k, v)
-    try:
-        yield ctx
-    finally:
-        for k, v in old.items():
-            setattr(ctx, k, v)
-
-
 def run(inputs: list[str], output: str, cfg) -> dict:
     """The pipeline without argument parsing; returns the manifest dict."""
     from pipelines import cluster, sources

@@ -232,9 +232,8 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     import crfgan
     from crfgan.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
     from crfgan.synth import check_metadata, class_index_for, generator_metadata
-    from pipelines.preprocess import data_context
     from pipelines.registry import fetch_model
-    from pipelines.runtime import ensure_ray
+    from pipelines.runtime import data_context, ensure_ray
     from pipelines.tracking import scrub_uri
 
     if count < 1:
@@ -243,6 +242,7 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
         raise ValueError(f"--start must be >= 0, got {start}")
     if "://" not in str(out):
         check_local_output(out)
+        out = os.path.abspath(os.path.expanduser(out))  # the actors write it: they run in another directory
     t0 = time.perf_counter()
     from pipelines.tracking import lookup_tracking_uri
 

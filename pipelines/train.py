@@ -120,13 +120,18 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
                                    num_cpus=0)
         return ds.map(functools.partial(_read_volume, endpoint=endpoint), num_cpus=data_cpus)
 
-    train = read("train", min_rows=EPOCH_MIN_ROWS)
-    if train is None:
-        raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
-    val = read("val")
-    if val is None:
-        print("[train] warning: no val split in the shards; val_l1 is computed on train volumes", flush=True)
-        val = read("train")
+    from pipelines.runtime import data_context
+
+    # no Ray Data progress bars for the training input: an endless stream of epochs read inside Ray Train's split
+    # coordinator, whose bars reach the console as hundreds of raw log lines; the trainer reports its own progress
+    with data_context(enable_progress_bars=False):
+        train = read("train", min_rows=EPOCH_MIN_ROWS)
+        if train is None:
+            raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
+        val = read("val")
+        if val is None:
+            print("[train] warning: no val split in the shards; val_l1 is computed on train volumes", flush=True)
+            val = read("train")
     return {"train": train, "val": val}
 
 

@@ -275,3 +275,5 @@ def test_synthesize_finds_the_registry_train_wrote_by_default(ray_local, tmp_pat
     name, version = register_generator(uri, run.info.run_id, cfg, str(gdir), {"data_manifest_hash": "h1"})
     m = run_job(f"models:/{name}@candidate", 1, "syn", _cfg("synth.actors=1"))
     assert m["counts"]["written"] == 1 and m["model"]["version"] == version
+    # a relative --out is the caller's folder, not the actors' working directory
+    assert (tmp_path / "syn" / "synthetic_000000.nii.gz").is_file() and m["out"] == str(tmp_path / "syn")
