@@ -79,6 +79,9 @@ def run(cfg, real_uri: str, synthetic: list[tuple[str, str]], report: str, cache
     """The job without argument parsing; returns the metrics.json content."""
     from crfgan.metrics.sets import load_set
 
+    from pipelines.args import check_output_folder
+
+    check_output_folder(report, "--report")  # before any loading or Ray
     t0 = time.perf_counter()
     run_id = tracking = None
     if model:

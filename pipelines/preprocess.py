@@ -32,7 +32,7 @@ import time
 import traceback
 import warnings
 
-from pipelines.args import add_config_arguments
+from pipelines.args import add_config_arguments, check_output_folder
 from pipelines.runtime import data_context
 
 PHANTOM_FACTORS = "phantom_factors.json"  # sidecar of phantom:// inputs: generative factors per volume id
@@ -214,7 +214,8 @@ def run(inputs: list[str], output: str, cfg) -> dict:
     from pipelines import cluster, sources
     from pipelines.runtime import ensure_ray
 
-    sources.check_inputs(inputs)  # a bad phantom:// query fails here, before Ray starts
+    sources.check_inputs(inputs)  # a bad phantom:// query or a missing local input fails here, before Ray starts
+    check_output_folder(output, "--output")
     # a relative output means the caller's working directory, not that of a Ray worker
     output = output if "://" in output else os.path.abspath(output)
     ray = ensure_ray()
@@ -386,11 +387,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"preprocess: {e}", file=sys.stderr)
         return 2
-    from pipelines.sources import InputError
-
     try:
         m = run(args.input, args.output, cfg)
-    except (FileNotFoundError, InputError) as e:
+    except (FileNotFoundError, ValueError) as e:  # InputError, an unusable --output: one line
         print(f"preprocess: {e}", file=sys.stderr)
         return 2
     total = m["volumes_ok"] + m["volumes_failed"]

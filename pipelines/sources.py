@@ -53,6 +53,9 @@ def check_inputs(inputs: list[str]) -> None:
                 parse_uri(uri)
             except PhantomURIError as e:
                 raise InputError(f"input {e}") from None
+        elif "://" not in uri:  # a local path or glob: listed here already costs nothing
+            if not (glob.glob(uri, recursive=True) if glob.has_magic(uri) else os.path.exists(uri)):
+                raise InputError(f"input {uri!r} matches no file or folder")
 
 
 def _phantom_units(uri: str) -> list[dict]:

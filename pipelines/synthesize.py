@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from pipelines.args import add_config_arguments
+from pipelines.args import add_config_arguments, check_output_folder
 
 PREFIX = "synthetic_"
 ROW_KEYS = ("index", "status", "t_start", "t_end", "render_s", "encode_s", "write_s", "bytes", "peak_rss_mb", "error")
@@ -49,21 +49,6 @@ RENDER_KEYS = ("tiled", "slab_embedding_slices", "halo", "norm_stats")  # synth 
 
 class JobMismatch(ValueError):
     """The output folder belongs to another synthesis job."""
-
-
-def check_local_output(out: str) -> None:
-    """A local ``--out`` must be (or be creatable as) a writable folder: said before any work."""
-    import os
-    from pathlib import Path
-
-    p = Path(out).expanduser()
-    probe = p
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {probe} is not writable by this user")
 
 
 def job_identity(model: dict, files: dict, job_seed: int, class_name: str | None, fmt: str, synth) -> dict:
@@ -241,7 +226,7 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     if start < 0:
         raise ValueError(f"--start must be >= 0, got {start}")
     if "://" not in str(out):
-        check_local_output(out)
+        check_output_folder(out, "--out")
         out = os.path.abspath(os.path.expanduser(out))  # the actors write it: they run in another directory
     t0 = time.perf_counter()
     from pipelines.tracking import lookup_tracking_uri

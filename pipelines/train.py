@@ -184,6 +184,9 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from crfgan.shards import read_manifest
     from pipelines import cluster, tracking
 
+    from pipelines.args import check_output_folder
+
+    check_output_folder(cfg.train.storage_path, "--storage")
     refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
     data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
     manifest = read_manifest(data_uri, cfg.data.s3_endpoint)  # a missing or wrong --data: said before Ray starts

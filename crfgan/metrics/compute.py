@@ -129,17 +129,18 @@ SEAM_LOW = 0.8  # a seam score this far below 1 is not "better than no seam": th
 
 
 def seam_notes(metrics: dict, geometry: tuple[int, int] | None) -> list[str]:
-    """Notes for seam scores that cannot be read as "no seam": below ``SEAM_LOW`` the assumed border depths hold
-    fewer jumps than other depths (e.g. borders half a slab off score about 0.45), so the geometry does not match
-    how the volumes were rendered."""
+    """Notes for seam scores that cannot be read as "no seam": below ``SEAM_LOW`` the assumed border depths change
+    less than the reference depths (borders half a slab off score about 0.45; so does a pattern at the reference
+    phase)."""
     out = []
     for name, m in metrics.items():
         x = m.get("seam_score")
         if x is not None and np.isfinite(x) and x < SEAM_LOW:
             period = f" (border period {geometry[0]})" if geometry else ""
-            out.append(f"{name}: seam_score {x:.2f} is below {SEAM_LOW}: the assumed sub-volume borders{period} hold "
-                       "fewer jumps than other depths, so they are probably not where these volumes were rendered in "
-                       "pieces; check --model / model.* (the score says nothing about seams then)")
+            out.append(f"{name}: seam_score {x:.2f} is below {SEAM_LOW}: the assumed sub-volume borders{period} change "
+                       "less than the reference depths of the same phase — the seam geometry does not match how these "
+                       "volumes were rendered (check --model / model.*), or they hold a stronger periodic pattern at "
+                       "the reference depths; either way the score cannot be read as 'no seam'")
     return out
 
 

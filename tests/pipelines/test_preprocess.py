@@ -143,6 +143,27 @@ def test_error_fraction_exits_non_zero(collection, tmp_path, ray_local, capsys):
     assert f"{tmp_path / 'o'}/errors.parquet" in err
 
 
+def test_a_missing_input_or_unusable_output_is_refused_before_ray_starts(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code = ("import sys, ray; from pipelines.cli import main; rc = main(sys.argv[1:]); "
+            "print('RAY', ray.is_initialized()); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for inp, out, expected in [(tmp_path / "missing", tmp_path / "o", "matches no file or folder"),
+                               (tmp_path / "none-*.nii.gz", tmp_path / "o", "matches no file or folder"),
+                               (CT, a_file / "o", f"{a_file} is a file, not a folder")]:
+        p = subprocess.run([sys.executable, "-c", code, "preprocess", "--input", str(inp), "--output", str(out)],
+                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "RAY False" in p.stdout
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_override_is_a_clear_error(tmp_path, capsys):
     assert cli("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", "tiny", "data.fitt=x") == 2
     assert "did you mean 'data.fit'" in capsys.readouterr().err

@@ -79,10 +79,20 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tiny_shards, t
 
     # the finished run started again (what a resumed sweep does with a trial whose end Tune had not recorded): no
     # iteration runs, and the final result is reported again, not an earlier one
-    again = run_training(cfg, tiny_shards, mlflow_enabled=False)
-    assert again["metrics"]["resumed_finished"] == 1 and again["metrics"]["iteration"] == iters
-    assert again["metrics"]["val_l1"] == summary["metrics"]["val_l1"]
-    assert again["state"]["lineage"] == state["lineage"]
+    from ray.train import UserCallback
+
+    reports = tmp_path / "reports.jsonl"
+
+    class Record(UserCallback):  # what Tune's report callback sees, written where this test can read it
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reports, "a") as f:
+                f.write(json.dumps(metrics[0], default=str) + "\n")
+
+    again = run_training(cfg, tiny_shards, mlflow_enabled=False, callbacks=[Record()])
+    seen = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert len(seen) == 1 and seen[0]["resumed_finished"] == 1 and seen[0]["iteration"] == iters
+    assert seen[0]["val_l1"] == summary["metrics"]["val_l1"] and seen[0]["resumed_checkpoint_path"]
+    assert again["state"]["lineage"] == state["lineage"] and again["metrics"]["iteration"] == iters
 
 
 def test_resume_by_run_name_with_checkpoints_on_s3(ray_local, tiny_shards, s3_server, fake_aws_env, capfd):  # noqa: F811
@@ -205,7 +215,7 @@ def test_class_conditional_ray_run_learns_ct_and_mri_and_stores_the_names(ray_lo
 
 
 def test_a_bad_data_argument_is_refused_before_ray_starts(tiny_shards, tmp_path):  # noqa: F811
-    """A missing --data, a folder of raw scans and shards of another size: one line each, and Ray never started."""
+    """A missing --data, raw scans, shards of another size, a --storage under a file: one line each, no Ray."""
     import subprocess
     import sys
     from pathlib import Path
@@ -214,14 +224,16 @@ def test_a_bad_data_argument_is_refused_before_ray_starts(tiny_shards, tmp_path)
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "scan.nii.gz").write_bytes(b"\x1f\x8b not really")
-    cases = [(str(tmp_path / "missing"), [], "does not exist"), (str(raw), [], "has no manifest.json"),
-             (tiny_shards, ["model.image_size=64"], "holds 32³ volumes")]
+    runs = str(tmp_path / "runs")
+    cases = [(str(tmp_path / "missing"), runs, [], "does not exist"), (str(raw), runs, [], "has no manifest.json"),
+             (tiny_shards, runs, ["model.image_size=64"], "holds 32³ volumes"),
+             (tiny_shards, str(raw / "scan.nii.gz" / "runs"), [], "is a file, not a folder")]
     code = ("import sys, ray; from pipelines.cli import main; rc = main(sys.argv[1:]); "
             "print('RAY', ray.is_initialized()); sys.exit(rc)")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for data, over, expected in cases:
+    for data, storage, over, expected in cases:
         p = subprocess.run([sys.executable, "-c", code, "train", "--data", data, "--config", "tiny", "--storage",
-                            str(tmp_path / "runs"), "--no-mlflow", *over], cwd=repo, env=env, capture_output=True,
+                            storage, "--no-mlflow", *over], cwd=repo, env=env, capture_output=True,
                            text=True, timeout=300)
         assert p.returncode == 2, (data, p.stdout, p.stderr)
         assert expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, (data, p.stderr)
