@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pyarrow is imported when a filesystem is needed: local writ
     import pyarrow.fs as pafs
 
 
+def s3_endpoint(configured: str = "") -> str:
+    """The S3 endpoint every stage uses: ``data.s3_endpoint`` when set, else ``AWS_ENDPOINT_URL``, else "" (AWS)."""
+    return configured or os.environ.get("AWS_ENDPOINT_URL", "")
+
+
 def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or ``s3://bucket/key``.
 
@@ -30,7 +35,7 @@ def filesystem(uri: str, endpoint: str = "") -> tuple[pafs.FileSystem, str]:
 
     uri = str(uri)
     if uri.startswith("s3://"):
-        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+        endpoint = s3_endpoint(endpoint)
         kw = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
         if endpoint:
             scheme = "https" if endpoint.startswith("https://") else "http"

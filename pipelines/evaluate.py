@@ -230,7 +230,8 @@ def default_config(real_uri: str, config: str | None, overrides, endpoint: str =
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = default_config(args.real, args.config, args.overrides, os.environ.get("AWS_ENDPOINT_URL", ""))
+        from crfgan.storage import s3_endpoint
+        cfg = default_config(args.real, args.config, args.overrides, s3_endpoint())
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2

@@ -237,7 +237,8 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     from pipelines import sources
 
     t0 = time.time()
-    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    from crfgan.storage import s3_endpoint
+    endpoint = s3_endpoint(cfg.data.s3_endpoint)
     units = sources.discover(inputs, endpoint)
     if not units:
         raise FileNotFoundError(f"no scans found in {inputs}")

@@ -11,7 +11,6 @@ config, so workers on other nodes need no access to the cache; rank 0 computes `
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
@@ -37,7 +36,8 @@ def real_volumes(cfg, data_uri: str, limit: int, why: str) -> np.ndarray:
 
     out = []
     for split in ("train", "val"):
-        for row in read_volumes(data_uri, split, cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")):
+        from crfgan.storage import s3_endpoint
+        for row in read_volumes(data_uri, split, s3_endpoint(cfg.data.s3_endpoint)):
             out.append(row["volume"])
             if len(out) >= limit:
                 break

@@ -243,7 +243,8 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     class_index = class_index_for(class_name, meta.get("class_names") or getattr(jcfg.model, "class_names", []),
                                   f"model {model_uri}")
     job_seed = jcfg.synth.seed if seed is None else int(seed)
-    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")  # the job's, not the training's
+    from crfgan.storage import s3_endpoint
+    endpoint = s3_endpoint(cfg.data.s3_endpoint)  # the job's, not the training's
     fs, root = filesystem(out, endpoint)
     if "://" not in str(out):
         os.makedirs(root, exist_ok=True)

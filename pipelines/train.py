@@ -90,7 +90,8 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
 
     from crfgan.trainer import assign_classes
 
-    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    from crfgan.storage import s3_endpoint
+    endpoint = s3_endpoint(cfg.data.s3_endpoint)
     s = cfg.model.image_size
     check_shards_match(cfg, data_uri, manifest)
 
@@ -198,7 +199,8 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    endpoint = cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    from crfgan.storage import s3_endpoint
+    endpoint = s3_endpoint(cfg.data.s3_endpoint)
     storage = cluster.s3_storage(storage_uri(t.storage_path), endpoint)
     # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
     cluster.require_shared(ray, cluster.train_paths(storage, tracking.tracking_uri(cfg, storage) if mlflow_enabled

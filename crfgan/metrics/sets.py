@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from crfgan.storage import exists, filesystem, join
+from crfgan.storage import exists, filesystem, join, s3_endpoint
 
 NIFTI = (".nii", ".nii.gz")
 
@@ -158,7 +157,7 @@ def load_nifti_set(uri: str, name: str, cfg, endpoint: str = "", max_volumes: in
 
 
 def load_set(uri: str, name: str, cfg, endpoint: str = "", max_volumes: int = 0, log=print) -> VolumeSet:
-    endpoint = endpoint or cfg.data.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    endpoint = s3_endpoint(endpoint or cfg.data.s3_endpoint)
     if is_shards(uri, endpoint):
         return load_shards(uri, name, endpoint, max_volumes)
     return load_nifti_set(uri, name, cfg, endpoint, max_volumes, log)
