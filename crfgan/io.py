@@ -214,11 +214,14 @@ def load_scan(path_or_bytes, name: str | None = None, max_voxels: int = DEFAULT_
     return _read_nifti(img, name, max_voxels)
 
 
-def affine_from_spacing(spacing_xyz) -> np.ndarray:
-    """RAS affine for a volume with the given voxel spacing: axes along +x, +y, +z, the first voxel's centre at the
-    origin (zero translation)."""
-    aff = np.diag([*map(float, spacing_xyz), 1.0])
-    return aff
+def affine_from_spacing(spacing_xyz, shape_xyz) -> np.ndarray:
+    """RAS voxel → mm affine of an (x, y, z) volume: axes along +x, +y, +z with the given spacing, the volume's
+    centre at the origin. The one affine of every file this project writes (``write_nifti``, ``crfgan synthesize``):
+    a generated or cropped volume has no scanner position, so all of them share this convention."""
+    sp = np.asarray([float(s) for s in spacing_xyz], dtype=np.float64)
+    a = np.diag([*sp, 1.0])
+    a[:3, 3] = -(np.asarray(shape_xyz, dtype=np.float64) - 1) / 2.0 * sp
+    return a
 
 
 def write_nifti(volume_zyx: np.ndarray, spacing, path, extra_header: dict | None = None, order: str = "zyx") -> Path:
@@ -233,7 +236,7 @@ def write_nifti(volume_zyx: np.ndarray, spacing, path, extra_header: dict | None
     sp = [float(s) for s in spacing]
     assert len(sp) == 3 and all(s > 0 for s in sp), f"spacing must be 3 positive numbers, got {spacing}"
     sp_xyz = sp[::-1] if order == "zyx" else sp
-    img = nib.Nifti1Image(vol.transpose(2, 1, 0), affine_from_spacing(sp_xyz))
+    img = nib.Nifti1Image(vol.transpose(2, 1, 0), affine_from_spacing(sp_xyz, vol.shape[::-1]))
     img.header.set_xyzt_units("mm")
     img.header.set_qform(img.affine, code=1)
     img.header.set_sform(img.affine, code=1)

@@ -181,11 +181,11 @@ def physical(stored: np.ndarray, slope_inter) -> np.ndarray:
 
 
 def affine(spacing_zyx, size: int) -> np.ndarray:
-    """RAS voxel → mm affine of an (x, y, z) volume with ``size`` voxels per axis, centred on the origin."""
-    sp = np.asarray(spacing_zyx, dtype=np.float64)[::-1]  # x, y, z
-    a = np.diag([*sp, 1.0])
-    a[:3, 3] = -(size - 1) / 2.0 * sp
-    return a
+    """RAS voxel → mm affine of an (x, y, z) cube with ``size`` voxels per axis, centred on the origin
+    (``crfgan.io.affine_from_spacing``, the project's one convention)."""
+    from crfgan.io import affine_from_spacing
+
+    return affine_from_spacing(list(spacing_zyx)[::-1], (size, size, size))
 
 
 def nifti_header(shape_zyx, spacing_zyx, slope_inter, descrip: str = "") -> bytes:

@@ -212,6 +212,13 @@ def test_write_nifti_atomic_with_real_affine(tmp_path):
     assert os.listdir(p.parent) == ["x.nii.gz"]
     img = nib.load(p)
     assert img.shape == (32, 16, 8) and np.allclose(np.diag(img.affine)[:3], [0.5, 1.0, 2.0])
+    # centred on the origin, as crfgan synthesize writes its volumes: one convention for every file written
+    np.testing.assert_allclose(img.affine[:3, 3], -(np.array([32, 16, 8]) - 1) / 2 * np.array([0.5, 1.0, 2.0]))
+    from crfgan.synth import nifti_header
+
+    syn = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(nifti_header((8, 8, 8), (2.0, 1.0, 0.5), (1, 0))))
+    np.testing.assert_allclose(syn.get_best_affine(), nib.load(write_nifti(np.zeros((8, 8, 8)), (2.0, 1.0, 0.5),
+                                                                           tmp_path / "c.nii")).affine)
     assert img.header["descrip"].tobytes().startswith(b"crfgan test")
     s = load_scan(p)
     assert np.array_equal(s.array.transpose(2, 1, 0), v)
