@@ -16,6 +16,9 @@ QUIET_LOGGERS = {
     # run (95 lines in one demo). The groups it would release are released by pipelines.tune for stopped trials and
     # by Ray itself when the job ends.
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    # "Progress bars disabled. To enable, set …": Ray Data's notice for the training input, whose bars we turn off
+    # on purpose (pipelines.train)
+    "ray.data._internal.progress": logging.ERROR,
 }
 
 

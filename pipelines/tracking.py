@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -33,6 +34,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 ALIAS = "candidate"
+# MLflow draws a progress bar for every artifact download, including the model files it fetches back while
+# registering a generator (a hundred redraws per training run); the user's own setting wins
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 SECRET_KEYS = re.compile(r"(secret|token|password|access_key|credential|signature)", re.I)
 MODEL_CODE = '''"""CRF-GAN generator as an MLflow pyfunc (models from code): seeds in, volumes (B, S, S, S) out."""
 import mlflow
@@ -214,12 +218,16 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
         code = Path(d) / "crfgan_generator_model.py"
         code.write_text(MODEL_CODE)
         pkg = Path(__file__).resolve().parent.parent
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)  # "Failed to infer model signature" from GeneratorModel's ndarray hint
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
                 code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
                 metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
                           "class_names": list(cfg.model.class_names), "synthesis": synthesis})
+        pyfunc_log.setLevel(level)
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     for k, v in tags.items():
@@ -252,7 +260,8 @@ class GeneratorModel(_Base):
         self.cfg = self.g.config
 
     # the hint (np.ndarray: a type MLflow infers no schema from) keeps MLflow from warning at every import that
-    # predict has none; a DataFrame with a ``seed`` column works as well
+    # predict has none; a DataFrame with a ``seed`` column works as well. register_generator quiets MLflow's
+    # "Failed to infer model signature" that this hint causes at logging time.
     def predict(self, context, model_input: np.ndarray, params=None):
         names = None
         if hasattr(model_input, "columns"):

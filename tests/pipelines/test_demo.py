@@ -31,9 +31,12 @@ def test_demo_runs_end_to_end_on_the_shipped_scans(tmp_path):
     assert p.returncode == 0, console[-4000:]
     for noise in NOISE:
         assert noise not in console, noise
-    # progress reports aside (Ray Data logs them every 10 s when stdout is not a terminal), two screens at most
-    lines = [ln for ln in console.splitlines() if ln.strip() and "logging_progress.py" not in ln]
-    assert len(lines) <= 120, "\n".join(lines)
+    # two screens at most, leaving out: progress reports (Ray Data logs them every 10 s when stdout is not a terminal;
+    # a progress bar's redraws share one line), and Ray Train's cleaner's traceback "Found multiple active Ray
+    # instances", which only a machine running two Ray instances (this test's session cluster and the demo's) prints
+    lines = [ln for ln in console.split("\n") if ln.strip() and "logging_progress.py" not in ln
+             and "(PlacementGroupCleaner" not in ln]
+    assert len(lines) <= 100, "\n".join(lines)
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     # every shipped scan trains; a held-back crop of each is the val split
     assert manifest["volumes_ok"] == 4 and manifest["volumes_failed"] == 0
