@@ -2,7 +2,9 @@
 
 Figures: montages (axial, coronal and sagittal mid-slices of the first volumes of each set), intensity histograms
 (HU for CT), radially averaged power spectra, and seam profiles (mean |slice step| per depth boundary, seam
-boundaries marked). Every file is written atomically; the HTML references only files written here.
+boundaries marked), and an offline slice viewer in ``index.html`` (one PNG strip of axial slices per set and a
+slider that moves all of them to the same slice; no network, no external script). Every file is written atomically;
+the HTML references only files written here.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def _save_png(fig_or_img, path: Path) -> None:
             fig_or_img.savefig(tmp, dpi=90, bbox_inches="tight")
         else:
             fig_or_img.save(tmp, format="PNG")
+
+
+def slice_strip(volumes: np.ndarray, k: int = 4, max_slices: int = 64):
+    """The slice viewer's image: the first ``k`` volumes side by side, one row per axial slice (every slice, or
+    ``max_slices`` evenly spaced), top to bottom; (PIL image, slice indices, one row's height in pixels)."""
+    from PIL import Image
+
+    size = volumes.shape[1]
+    idx = np.unique(np.linspace(0, size - 1, min(size, max_slices)).round().astype(int))
+    rows = [np.concatenate([v[z] for v in volumes[:k]], axis=1) for z in idx]
+    img = np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
+    scale = max(1, 128 // size)
+    return (Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST), idx.tolist(),
+            size * scale)
 
 
 def montage(volumes: np.ndarray, k: int = 4):
@@ -163,6 +179,13 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
         fname = f"montage_{i:02d}.png"
         _save_png(montage(vols), out / fname)
         montages[name] = fname
+    strips, viewer = {}, None
+    for i, (name, vols) in enumerate(volumes.items()):
+        img, idx, row_px = slice_strip(vols)
+        fname = f"slices_{i:02d}.png"
+        _save_png(img, out / fname)
+        strips[name] = (fname, img.size[0], row_px)
+        viewer = idx
     figs = _plots(stats, modality, window, seams, out)
     with atomic_local_path(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=float))
@@ -206,11 +229,23 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
     h.write("</ul><h2>Montages (axial | coronal | sagittal)</h2>")
     for name, f in montages.items():
         h.write(f"<div class='m'><b>{e(name)}</b><br><img src='{e(f)}' alt='{e(name)}'></div>")
+    if viewer:  # offline: one PNG strip per set, a slider moves every strip to the same axial slice
+        mid = len(viewer) // 2
+        h.write(f"<h2>Slice viewer (axial; first volumes of each set)</h2><p>slice <span id='z'>{viewer[mid]}</span> "
+                f"<input type='range' min='0' max='{len(viewer) - 1}' value='{mid}' style='width:400px' "
+                "oninput='sl(this.value)'></p>")
+        for name, (f, w, row_px) in strips.items():
+            h.write(f"<div class='m' style='width:auto'><b>{e(name)}</b><div style='overflow:hidden;width:{w}px;"
+                    f"height:{row_px}px'><img class='sv' data-h='{row_px}' src='{e(f)}' alt='{e(name)} slices' "
+                    f"style='max-width:none;border:0;margin-top:-{mid * row_px}px'></div></div>")
+        h.write(f"<script>const Z={json.dumps(viewer)};function sl(k){{document.getElementById('z').textContent=Z[k];"
+                "document.querySelectorAll('.sv').forEach(i=>i.style.marginTop=(-k*i.dataset.h)+'px');}}</script>")
     h.write("<h2>Statistics</h2>")
     for f in figs.values():
         h.write(f"<div><img src='{e(f)}' alt='{e(f)}'></div>")
     h.write("</body></html>")
     with atomic_local_path(out / "index.html") as tmp:
         Path(tmp).write_text(h.getvalue())
-    written = [out / n for n in ("index.html", "report.md", "metrics.json", *montages.values(), *figs.values())]
+    written = [out / n for n in ("index.html", "report.md", "metrics.json", *montages.values(),
+                                 *(f for f, _, _ in strips.values()), *figs.values())]
     return written
