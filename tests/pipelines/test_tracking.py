@@ -95,7 +95,7 @@ def test_registered_generator_loads_and_renders(tracked_run, mlflow_server):  # 
     assert not np.array_equal(vols[0], vols[1])
     # the same weights outside MLflow (the run's last checkpoint) render the same volume
     from crfgan.checkpoint import load_generator
-    from pipelines.tracking import render_volumes
+    from crfgan.synth import render_volumes
 
     g = load_generator(summary["checkpoint"])
     np.testing.assert_allclose(render_volumes(g, cfg, [1])[0], vols[1], atol=1e-5)  # batch 1 vs 3: float rounding only
