@@ -316,7 +316,8 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="URI",
-                   help="models:/NAME@ALIAS, models:/NAME/VERSION (MLflow registry at MLFLOW_TRACKING_URI) or a "
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION (MLflow registry: mlflow.tracking_uri, else "
+                        "MLFLOW_TRACKING_URI, else crfgan train's default <train.storage_path>/mlflow.db) or a "
                         "checkpoint / generator folder")
     p.add_argument("--count", type=int, required=True, metavar="N", help="volumes in the job (at least 1)")
     p.add_argument("--start", type=int, default=0, metavar="K", help="first volume index (default 0)")
