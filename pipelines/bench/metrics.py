@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--spacing", type=float, default=3.0, help="resample the scan to this spacing in mm (default 3)")
     p.add_argument("--config", default="", help="model preset whose sub-volume borders place the seams "
                                                 "(default: tiny at 32³, ct64 at 64³, ctS otherwise)")
+    p.add_argument("--cost", action="store_true",
+                   help="instead of the suite: what scoring costs training (seconds of one quality_score against "
+                        "train.val_every training iterations of the size's preset, or --config)")
     p.add_argument("--with-fd", action="store_true",
                    help="also fd_ssl: the SSL extractor trained on each seed's reference set as `crfgan evaluate` does "
                         "(eval.ssl_* defaults; minutes per seed on a CPU)")
@@ -142,11 +145,47 @@ def _geometry(size: int, config: str):
     return model_seam_geometry(cfg.model), name
 
 
+def score_cost(size: int, preset: str, steps: int = 5) -> dict:
+    """What scoring costs training, like for like on this machine: seconds per training iteration of the preset
+    (mean of ``steps`` after one warm-up) against one ``quality_score_quick`` (``eval.score_volumes`` renders + the
+    headline), the trainer's work at every ``train.val_every``."""
+    import torch
+
+    from crfgan.config import load_config
+    from crfgan.metrics.quick import headline_state, quality_score_quick
+    from crfgan.models import build_networks, build_optimizers
+    from crfgan.step import train_step
+
+    cfg = load_config(preset, [f"model.image_size={size}"])
+    torch.manual_seed(0)
+    nets, rng = build_networks(cfg).train(), np.random.default_rng(0)
+    opts = build_optimizers(cfg, nets)
+    real = torch.rand(cfg.train.batch_size, 1, size, size, size) * 2 - 1
+    train_step(nets, opts, real, 0, cfg, rng)  # warm-up
+    t0 = time.perf_counter()
+    for it in range(1, steps + 1):
+        train_step(nets, opts, real, it, cfg, rng)
+    step_s = (time.perf_counter() - t0) / steps
+    state = headline_state(np.random.default_rng(1).uniform(-1, 1, (8, size, size, size)).astype(np.float32), cfg)
+    t0 = time.perf_counter()
+    quality_score_quick(nets.g, cfg, state)
+    score_s = time.perf_counter() - t0
+    window_s = cfg.train.val_every * step_s
+    return {"size": size, "preset": preset, "batch": cfg.train.batch_size, "s_per_iteration": round(step_s, 3),
+            "val_every": cfg.train.val_every, "score_volumes": cfg.eval.score_volumes, "score_s": round(score_s, 2),
+            "cost_pct": round(100 * score_s / (window_s + score_s), 2)}
+
+
 def run(args) -> None:
     from importlib.resources import files
 
     from .table import emit
 
+    if args.cost:
+        rows = [score_cost(size, args.config or {32: "tiny", 64: "ct64"}.get(size, f"ct{size}")) for size in args.sizes]
+        emit("What quality_score costs training: one score (eval.score_volumes renders + the headline) per "
+             "train.val_every iterations, against the preset's CPU training step on this machine", rows, args.json)
+        return
     if args.volumes < 4 or args.seeds < 2:
         raise SystemExit("crfgan bench metrics: --volumes must be >= 4 and --seeds >= 2 (z needs a floor spread)")
     scan = args.scan or str(files("crfgan") / "data" / "example_ct.nii.gz")

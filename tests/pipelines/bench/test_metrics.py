@@ -27,3 +27,14 @@ def test_too_few_volumes_is_refused_before_work():
 
     with pytest.raises(SystemExit, match="--volumes must be >= 4"):
         main(["bench", "metrics", "--volumes", "2"])
+
+
+def test_score_cost_compares_a_score_with_the_training_it_interrupts(tmp_path):
+    from pipelines.cli import main
+
+    out = tmp_path / "cost.json"
+    assert main(["bench", "metrics", "--cost", "--sizes", "32", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["preset"] == "tiny" and row["s_per_iteration"] > 0 and row["score_s"] > 0
+    window = row["val_every"] * row["s_per_iteration"]
+    assert abs(row["cost_pct"] - 100 * row["score_s"] / (window + row["score_s"])) < 0.05
