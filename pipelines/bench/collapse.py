@@ -132,7 +132,7 @@ def train_and_score(args) -> dict:
 
     torch.set_num_threads(max(1, args.threads))
     pin_mmap_threshold()
-    t_start = time.perf_counter()
+    t_start, cpu0 = time.perf_counter(), time.process_time()
     over = ([] if args.no_tiny else list(TINY_WIDTHS)) + list(args.overrides)
     cfg = load_config(args.config, over)
     t = cfg.train
@@ -179,6 +179,7 @@ def train_and_score(args) -> dict:
                                                    "lung_fraction_sd")})
         eval_s += time.perf_counter() - t0
         row["elapsed_s"] = time.perf_counter() - t_start
+        row["cpu_s"] = time.process_time() - cpu0  # this process's CPU time: the one-core budget under contention
         res["curve"].append(row)
         write()
         return row
@@ -201,6 +202,7 @@ def train_and_score(args) -> dict:
         evaluate(done)
     last = res["curve"][-1]
     res.update(done=True, iterations=done, train_s=train_s, eval_s=eval_s, total_s=time.perf_counter() - t_start,
+               cpu_s=time.process_time() - cpu0,
                s_per_iteration=train_s / max(done, 1), final=last,
                out_of_collapse=bool(last["diversity_ratio"] >= DIVERSITY_BAR
                                     and last["quality_vs_floor"] <= QUALITY_BAR))
