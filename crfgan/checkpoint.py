@@ -1,7 +1,9 @@
 """Checkpoints without pickle: weights in safetensors, everything else in JSON.
 
 A checkpoint folder holds
-  ``weights.safetensors``    every network's state dict, keys prefixed ``<net>.`` (g., d., e., crf., …)
+  ``weights.safetensors``    every network's state dict, keys prefixed ``<net>.`` (g., d., e., crf., …; g_ema. for
+                             the EMA copy of G when ``train.ema_decay`` > 0: a generator loaded from the checkpoint
+                             is then the EMA copy)
   ``config.json``            the config tree that built the networks
   ``optimizers.safetensors`` + ``optimizers.json``  optimizer tensors / their structure (for resume)
   ``state.json``             iteration, RNG states, extra metadata
@@ -107,6 +109,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", nets: 
     weights = load_file(str(path / "weights.safetensors"), device=str(device))
     for name, module in nets.items():
         prefix = f"{name}."
+        if name == "g_ema" and not any(k.startswith(prefix) for k in weights):
+            prefix = "g."  # EMA switched on when resuming a run without one: the average starts from G
         sd = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         getattr(module, "module", module).load_state_dict(sd)
     if opts is not None and (path / "optimizers.json").exists():
@@ -150,8 +154,10 @@ def load_generator_files(files: dict[str, bytes], device: str | torch.device = "
     g = Generator(cfg.model)
     if GENERATOR_FILE in files:
         sd = load_bytes(files[GENERATOR_FILE])
-    elif "weights.safetensors" in files:
-        sd = {k[2:]: v for k, v in load_bytes(files["weights.safetensors"]).items() if k.startswith("g.")}
+    elif "weights.safetensors" in files:  # a training checkpoint: its EMA copy of G when it has one, else G
+        w = load_bytes(files["weights.safetensors"])
+        prefix = "g_ema." if any(k.startswith("g_ema.") for k in w) else "g."
+        sd = {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
     else:
         raise FileNotFoundError(f"{where}: no {GENERATOR_FILE} or weights.safetensors (not a crfgan checkpoint)")
     g.load_state_dict(sd)
@@ -161,7 +167,8 @@ def load_generator_files(files: dict[str, bytes], device: str | torch.device = "
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A generator ready for ``render(z)`` from a generator export or a full training checkpoint.
+    """A generator ready for ``render(z)`` from a generator export or a full training checkpoint (the checkpoint's
+    EMA copy of G when it holds one).
 
     ``g.config`` is its config; ``g.metadata`` the synthesis metadata (None for a folder without metadata.json).
     """

@@ -105,6 +105,12 @@ class TrainConfig:
     crf_weight_start: float = 0.5  # w in w·CRF + (1-w)·D for the generator loss
     crf_weight_decay_iters: int = 60_000  # w falls linearly to 0 by this iteration
     share_fakes: bool = False  # true: one G forward feeds the D, G and CRF sub-steps (faster, not the reference; step.py)
+    # Stabilisers (off by default and in the paper presets; algorithm changes, see crfgan/step.py and the README)
+    instance_noise: float = 0.0  # sigma of Gaussian noise added to D's inputs (model scale [-1, 1]); 0: off
+    instance_noise_iters: int = 2000  # the sigma falls linearly to 0 by this iteration
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * E|grad_x D(x_real)|^2 on D's real inputs; 0: off
+    r1_every: int = 1  # lazy R1: applied every k-th D step, scaled by k
+    ema_decay: float = 0.0  # EMA copy of G (decay, warm-up min(decay, (1+i)/(10+i))) for rendering/scores; 0: off
     amp: str = "none"  # none | bf16 | fp16 autocast (GPU)
     channels_last: bool = False  # channels_last_3d memory format for networks and inputs (GPU tensor cores)
     compile: bool = False  # torch.compile each network in place (state_dict keys unchanged); first steps are slow
@@ -261,6 +267,11 @@ class Config:
             v = getattr(t, key)
             _check(0.0 <= v < 1.0, f"train.{key}", f"must be in [0, 1), got {v}")
         _fraction("train.crf_weight_start", t.crf_weight_start)
+        _check(t.instance_noise >= 0, "train.instance_noise", f"must be >= 0 (0: off), got {t.instance_noise}")
+        _positive("train.instance_noise_iters", t.instance_noise_iters)
+        _check(t.r1_gamma >= 0, "train.r1_gamma", f"must be >= 0 (0: off), got {t.r1_gamma}")
+        _positive("train.r1_every", t.r1_every)
+        _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0: off), got {t.ema_decay}")
         _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: unlimited), got {t.max_failures}")
         _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
         _check(bool(t.run_name.strip()) and "/" not in t.run_name, "train.run_name",

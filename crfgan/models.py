@@ -2,12 +2,15 @@
 
 CRF-GAN: G (G^A + G^H), D (D^H), E (half-encoder), CRF.
 HA-GAN:  G (G^A + G^H), G^L, D (D^H), D^L, E, E^G.
+Either, with ``train.ema_decay`` > 0: ``g_ema``, an exponential moving average of G's weights (never trained by an
+optimizer, no gradients; ``crfgan.step.update_ema``), which renders for evaluation and synthesis (``eval_generator``).
 Each network is its own module (and, under DDP, its own wrapper), so sub-steps that freeze one never leave
 another with unused parameters.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -31,9 +34,18 @@ class Networks:
     g_low: LowResGenerator | None = None
     d_low: LowResDiscriminator | None = None
     e_sub: SubEncoder | None = None
+    g_ema: Generator | None = None  # train.ema_decay > 0: the EMA copy of G (no optimizer, no gradients)
 
     def items(self) -> list[tuple[str, nn.Module]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def trained(self) -> list[tuple[str, nn.Module]]:
+        """The networks an optimizer trains (``items`` without the EMA copy): what DDP wraps."""
+        return [(n, m) for n, m in self.items() if n != "g_ema"]
+
+    def eval_generator(self) -> Generator:
+        """The generator that renders for scores, montages and export: the EMA copy when there is one, else G."""
+        return self.g_ema if self.g_ema is not None else self.g
 
     def to(self, device) -> Networks:
         for _, m in self.items():
@@ -71,6 +83,8 @@ def build_networks(cfg: Config) -> Networks:
         nets.crf = MeanFieldCRF(m)
     else:
         nets.g_low, nets.d_low, nets.e_sub = LowResGenerator(m), LowResDiscriminator(m), SubEncoder(m)
+    if cfg.train.ema_decay > 0:
+        nets.g_ema = copy.deepcopy(nets.g).requires_grad_(False)  # starts equal to G
     return nets
 
 

@@ -15,6 +15,17 @@ objective: G's step scores the very fakes D has just been updated on (the refere
 CRF step sees A and D(fake) from G *before* its update (the reference: after). ``share_fakes: false`` runs the
 reference sequence; the evaluation's comparison measures what sharing costs in quality.
 
+Stabilisers (``train.*``; all off by default and in the paper presets: they change the algorithm):
+  - instance noise (``instance_noise`` = sigma0 > 0): N(0, sigma²) added to every input of D (and D^L) in the D and G
+    steps, real and fake alike, sigma = sigma0 · max(0, 1 − i / ``instance_noise_iters``) (``instance_noise_sigma``).
+    The CRF step's unaries come from D on clean inputs (with shared fakes, the fake one is the G step's).
+  - R1 (``r1_gamma`` > 0): D's loss adds (gamma/2) · E‖∇_x D(x_real)‖² over D's real inputs (the noisy ones when
+    instance noise is on; HA-GAN: the sub-volume and the low-res volume); lazy with ``r1_every`` = k: every k-th
+    iteration, times k. R1 needs a double backward through D, so the D step with it costs more.
+  - EMA of G (``ema_decay`` > 0): after each G step ``nets.g_ema`` ← lerp toward G's weights with decay
+    min(``ema_decay``, (1 + i) / (10 + i)) (the warm-up lets a short run's average forget the initial weights);
+    it never feeds training, only rendering (``Networks.eval_generator``).
+
 Conditional generation (``model.num_classes`` = K > 0, HA-GAN's ``num_class`` mode): fakes are generated with the
 real batch's classes; D's step adds the cross-entropy of its class head on the real sub-volume (weight 1, as the
 reference), G's step adds ``lambda_class`` × the cross-entropy of D's class head on the fakes. The CRF's unary is
@@ -87,6 +98,31 @@ class Amp:
             self.scaler.update()
 
 
+def instance_noise_sigma(t, iteration: int) -> float:
+    """The instance-noise sigma at ``iteration``: ``instance_noise`` falling linearly to 0 by ``instance_noise_iters``."""
+    if t.instance_noise <= 0:
+        return 0.0
+    return t.instance_noise * max(0.0, 1.0 - iteration / t.instance_noise_iters)
+
+
+def r1_due(t, iteration: int) -> bool:
+    return t.r1_gamma > 0 and iteration % t.r1_every == 0
+
+
+def ema_decay_at(t, iteration: int) -> float:
+    return min(t.ema_decay, (1.0 + iteration) / (10.0 + iteration))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema`` ← decay · ema + (1 − decay) · model over parameters; buffers are copied."""
+    ep, mp = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if ep:
+        torch._foreach_lerp_(ep, mp, 1.0 - decay)
+    for b, mb in zip(ema.buffers(), model.buffers()):
+        b.copy_(mb)
+
+
 def sample_start(rng: np.random.Generator, cfg: Config) -> int:
     """A random sub-volume start in embedding slices (position in image slices = start · S/E)."""
     m = cfg.model
@@ -146,6 +182,13 @@ def train_step(
     def class_ce(cls_logits, target):
         return F.cross_entropy(cls_logits.float(), target)
 
+    sigma = instance_noise_sigma(t, iteration)
+
+    def jitter(x):  # instance noise on one of D's inputs
+        return x + sigma * torch.randn_like(x) if sigma > 0 and x is not None else x
+
+    r1 = r1_due(t, iteration)
+
     # 1. D ----------------------------------------------------------------------------------------------
     with amp.autocast():
         with contextlib.nullcontext() if t.share_fakes else torch.no_grad():
@@ -153,16 +196,29 @@ def train_step(
             gen, gen_low = (call.g, call.g_low) if t.share_fakes else (nets.g, nets.g_low)
             fake_slab, a = gen(noise(), start, labels)
             fake_low = gen_low(a) if hagan else None
-        both = torch.cat([real_slab, fake_slab.detach()])  # one D forward for real and fake
-        both_low = torch.cat([real_low, fake_low.detach()]) if hagan else None
+        d_in_real, d_in_real_low = jitter(real_slab), jitter(real_low)
+        if r1:  # R1 differentiates D(real) w.r.t. D's real inputs
+            d_in_real = d_in_real.detach().requires_grad_(True)
+            d_in_real_low = d_in_real_low.detach().requires_grad_(True) if hagan else None
+        both = torch.cat([d_in_real, jitter(fake_slab.detach())])  # one D forward for real and fake
+        both_low = torch.cat([d_in_real_low, jitter(fake_low.detach())]) if hagan else None
         logits, cls = split_logits(d_out(call.d, both, both_low, call.d_low))
         d_real, d_fake = logits[:b], logits[b:]
         d_loss = bce(d_real, 1.0) + bce(d_fake, 0.0)
         if conditional:
             d_class = class_ce(cls[:b], labels)
             d_loss = d_loss + d_class
+    if r1:
+        inputs = [d_in_real, d_in_real_low] if hagan else [d_in_real]
+        grads = torch.autograd.grad(d_real.float().sum(), inputs, create_graph=True)
+        r1_pen = sum(gr.float().pow(2).flatten(1).sum(1) for gr in grads).mean()
+        d_loss = d_loss + (t.r1_gamma / 2) * t.r1_every * r1_pen
     amp.step(d_loss, opts["d"])
     out = {"d_loss": d_loss.detach(), "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+    if r1:
+        out["r1"] = r1_pen.detach()
+    if sigma > 0:
+        out["noise_sigma"] = torch.full((), sigma, device=real.device)
     if conditional:
         out["d_class"] = d_class.detach()
 
@@ -171,7 +227,7 @@ def train_step(
         if not t.share_fakes:
             fake_slab, a = call.g(noise(), start, labels)
             fake_low = call.g_low(a) if hagan else None
-        d_fake_g, cls_fake_g = split_logits(d_out(nets.d, fake_slab, fake_low, nets.d_low))
+        d_fake_g, cls_fake_g = split_logits(d_out(nets.d, jitter(fake_slab), jitter(fake_low), nets.d_low))
         if hagan:
             y = d_fake_g
         else:
@@ -184,6 +240,8 @@ def train_step(
             g_class = class_ce(cls_fake_g, labels)
             g_loss = g_loss + m.lambda_class * g_class
     amp.step(g_loss, opts["g"])
+    if nets.g_ema is not None:
+        update_ema(nets.g_ema, nets.g, ema_decay_at(t, iteration))
     out["g_loss"] = g_loss.detach()
     if conditional:
         out["g_class"] = g_class.detach()

@@ -133,7 +133,8 @@ def train_local(
     when ``model.num_classes`` > 0; see ``assign_classes``).
 
     With ``out_dir``: checkpoints every ``checkpoint_every`` (the last ``keep_checkpoints`` kept), resume from
-    the latest one, and the generator exported to ``out_dir/generator`` at the end. The device is ``device``, else
+    the latest one, and the generator exported to ``out_dir/generator`` at the end (the EMA copy of G when
+    ``train.ema_decay`` > 0). The device is ``device``, else
     a GPU exactly when ``train.use_gpu``. Losses are read from the device only every ``train.log_every`` iterations.
     """
     t = cfg.train
@@ -185,5 +186,6 @@ def train_local(
         result.iterations = done
     result.seconds = time.perf_counter() - t0
     if out:
-        result.generator_path = save_generator(out / "generator", cfg, nets.g, {"iterations": result.iterations})
+        result.generator_path = save_generator(out / "generator", cfg, nets.eval_generator(),
+                                               {"iterations": result.iterations, "ema": str(nets.g_ema is not None)})
     return result

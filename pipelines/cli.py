@@ -31,6 +31,7 @@ BENCHES = {
     "synthesize": ("pipelines.bench.synthesize", "synthesis volumes/min at 64³/128³ with 1 and 2 actors; render vs write"),
     "metrics": ("pipelines.bench.metrics", "degradation suite: does each quality metric see blur, noise, seams, collapse"),
     "feed": ("pipelines.bench.feed", "volumes/s from Parquet shards through Ray Data into a Ray Train worker (no model)"),
+    "collapse": ("pipelines.bench.collapse", "does a training recipe leave mode collapse on phantoms within a budget"),
 }
 
 

@@ -21,7 +21,9 @@ Runs inside every TorchTrainer worker (``train_loop_per_worker(config)``); the d
 - Classes (``model.num_classes`` > 0): each row carries its class index (``label``), assigned by the driver.
 - Validation (``train.val_every``): ``val_l1`` = mean L1 of G^H(E(x_slab)) vs x_slab over every sub-volume position
   of up to ``VAL_MAX_VOLUMES`` val volumes, computed on rank 0 and broadcast; beside it ``fd_ssl_quick``, the
-  sample-quality score Tune optimises (``crfgan.metrics.quick``; its inputs come in ``config["quality"]``).
+  sample-quality score Tune optimises (``crfgan.metrics.quick``; its inputs come in ``config["quality"]``). With
+  ``train.ema_decay`` > 0 the sample scores and the montage render the EMA copy of G (val_l1 stays on G^H, which E
+  is trained against); the EMA copy is checkpointed (``g_ema.``) but never DDP-wrapped: it takes no gradients.
 """
 
 from __future__ import annotations
@@ -213,7 +215,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # DDP wrappers (world size > 1) for train_step to call; nets keeps the bare modules (frozen calls, checkpoints)
     call = dataclasses.replace(nets, **{name: ray.train.torch.prepare_model(module, move_to_device=False)
-                                        for name, module in nets.items()})
+                                        for name, module in nets.trained()})  # the EMA copy of G is never wrapped
 
     tracker = None
     if rank == 0 and config.get("mlflow"):
@@ -267,13 +269,13 @@ def train_loop_per_worker(config: dict) -> None:
             v = validation_l1(nets, cfg, val_iter, device) if rank == 0 else 0.0
             metrics["val_l1"] = _broadcast_float(v, device)
             if config.get("headline"):  # the headline score and its components (crfgan.metrics.headline)
-                hs = quality_score_quick(nets.g, cfg, config["headline"], device) if rank == 0 else {}
+                hs = quality_score_quick(nets.eval_generator(), cfg, config["headline"], device) if rank == 0 else {}
                 for k in ("quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score"):
                     x = _broadcast_float(hs.get(k, 0.0), device)
                     if math.isfinite(x):  # seam_score is NaN below 64³ (no reference boundaries): not reported
                         metrics[k] = x
             if config.get("quality"):  # lower is better; see crfgan.metrics.quick
-                q = fd_ssl_quick(nets.g, cfg, config["quality"], device) if rank == 0 else 0.0
+                q = fd_ssl_quick(nets.eval_generator(), cfg, config["quality"], device) if rank == 0 else 0.0
                 metrics["fd_ssl_quick"] = _broadcast_float(q, device)
         rngs = _gather({"torch": rng_state(), "np": rng.bit_generator.state}) if is_ckpt else None
         if is_ckpt:  # DDP health: every rank must hold the same weights (0 unless gradients were not all-reduced)
@@ -294,7 +296,7 @@ def train_loop_per_worker(config: dict) -> None:
         if tracker is not None:
             tracker.log_metrics(metrics, step=done)
             if is_val:
-                tracker.log_montage(nets.g, done, device)
+                tracker.log_montage(nets.eval_generator(), done, device)
         sums, n_sum, win_t0, win_it, data_s = {}, 0, time.perf_counter(), done, 0.0
         if steady_t0 is None:
             steady_t0, steady_it = win_t0, done

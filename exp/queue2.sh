@@ -1,0 +1,10 @@
+#!/bin/bash
+# sequential collapse runs on core 1 (after stab_all finishes); each bounded by timeout; JSON per run in exp/
+cd /work/stab/exp
+while pgrep -f "name stab_all" > /dev/null; do sleep 5; done
+echo "$(date -u +%T) stab_all finished"
+B="nice -n 10 taskset -c 1 ../.venv/bin/crfgan bench collapse --iterations 1200 --eval-every 200 --budget-s 1500"
+run() { name=$1; shift; echo "$(date -u +%T) start $name $*"; timeout 1700 $B --name $name --json $name.json "$@" > $name.log 2>&1; echo "$(date -u +%T) end $name rc=$?"; }
+run baseline
+run d256 model.d_channels=256
+run d256_r1_ema model.d_channels=256 train.r1_gamma=10 train.r1_every=4 train.ema_decay=0.999

@@ -1,0 +1,45 @@
+"""``crfgan bench collapse`` runs tiny end to end, and its scorer tells real sets from collapsed ones."""
+
+import json
+
+import numpy as np
+import pytest
+
+from crfgan.config import load_config
+from pipelines.bench.collapse import Scorer, phantom_set
+from pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def sets():
+    cfg = load_config("tiny")
+    return cfg, phantom_set(4, 1, cfg), phantom_set(4, 2, cfg)
+
+
+def test_a_real_set_scores_its_floor_and_copies_of_one_volume_score_collapse(sets):
+    cfg, held, second = sets
+    s = Scorer(held, second, cfg)
+    real = s.score(second)
+    assert real["quality_vs_floor"] == pytest.approx(1.0)
+    assert real["diversity_ratio"] == pytest.approx(s.real_second_diversity) and real["diversity_ratio"] > 0.5
+    copies = s.score(np.repeat(second[:1], 4, axis=0))
+    assert copies["diversity_ratio"] < 0.05 and copies["collapse_term"] > 5
+    assert copies["quality_score"] > real["quality_score"] + 5
+    assert copies["lung_fraction_sd"] == 0.0 and real["lung_fraction_sd"] > 0
+
+
+def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    rc = main(["bench", "collapse", "--config", "tiny", "--no-tiny", "--train", "3", "--held-out", "3",
+               "--samples", "3", "--iterations", "4", "--eval-every", "2", "--json", str(out),
+               "train.ema_decay=0.9", "train.r1_gamma=1", "train.instance_noise=0.1"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["done"] and doc["iterations"] == 4 and doc["n_train"] == 3
+    assert [r["iteration"] for r in doc["curve"]] == [0, 2, 4]
+    last = doc["curve"][-1]
+    assert {"diversity_ratio", "quality_vs_floor", "lung_fraction_sd", "g_diversity_ratio", "d_loss", "r1",
+            "noise_sigma", "cpu_s"} <= set(last)
+    assert doc["floor"]["quality_score"] > 0 and isinstance(doc["out_of_collapse"], bool)
+    assert "train.ema_decay=0.9" in doc["overrides"]
+    assert "q/floor" in capsys.readouterr().out
