@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines import cluster
+from tests.pipelines.mlflow_fixtures import tiny_shards  # noqa: F401
 
 
 def test_s3_storage_gets_the_endpoint_pyarrow_needs():
@@ -81,7 +82,8 @@ def test_nodes_still_to_join_cannot_be_checked(ray_local, monkeypatch, tmp_path)
                                {"CPU": 4, "GPU": 4})
 
 
-def test_crfgan_train_and_preprocess_refuse_before_any_work(ray_local, monkeypatch, tmp_path, capsys):
+def test_crfgan_train_and_preprocess_refuse_before_any_work(ray_local, tiny_shards, monkeypatch, tmp_path,  # noqa: F811
+                                                              capsys):
     from pipelines.cli import main
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
@@ -91,8 +93,8 @@ def test_crfgan_train_and_preprocess_refuse_before_any_work(ray_local, monkeypat
     monkeypatch.setattr(cluster, "_probe", lambda ray, ns, paths: {n["NodeID"]: [n is nodes[0]] * len(paths)
                                                                    for n in ns})
     storage = tmp_path / "runs"
-    rc = main(["train", "--data", str(tmp_path / "no-shards-needed"), "--config", "tiny", "--storage", str(storage),
-               "--run-name", "r"])
+    # real shards: a missing --data is refused even earlier, before Ray (test_train)
+    rc = main(["train", "--data", tiny_shards, "--config", "tiny", "--storage", str(storage), "--run-name", "r"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("train: checkpoint storage"), err
     assert not (storage / "r").exists()  # no run folder, no checkpoint: refused before Ray Train started
