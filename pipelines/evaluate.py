@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.args import add_config_arguments
+from crfgan.storage import s3_endpoint
+from pipelines.args import add_config_arguments, check_output_folder
 
 CHUNK = 8  # volumes per Ray task
 
@@ -79,18 +80,15 @@ def run(cfg, real_uri: str, synthetic: list[tuple[str, str]], report: str, cache
     """The job without argument parsing; returns the metrics.json content."""
     from crfgan.metrics.sets import load_set
 
-    from pipelines.args import check_output_folder
-
     check_output_folder(report, "--report")  # before any loading or Ray
     t0 = time.perf_counter()
     run_id = tracking = None
     if model:
-        from pipelines.tracking import lookup_tracking_uri
+        from pipelines.tracking import NO_STORE, lookup_tracking_uri
 
         tracking = lookup_tracking_uri(cfg)
         if tracking is None:
-            raise ValueError(f"--model {model}: no MLflow store found: set MLFLOW_TRACKING_URI or mlflow.tracking_uri, "
-                             "or pass train.storage_path=FOLDER where crfgan train wrote FOLDER/mlflow.db (default: runs)")
+            raise ValueError(f"--model {model}: {NO_STORE}")
         cfg, run_id = _model_config(model, tracking)
         log(f"[evaluate] data config and seam geometry from {model} (run {run_id})")
     real = load_set(real_uri, "real", cfg, max_volumes=max_volumes, log=log)
@@ -230,7 +228,6 @@ def default_config(real_uri: str, config: str | None, overrides, endpoint: str =
 
 def main(args: argparse.Namespace) -> int:
     try:
-        from crfgan.storage import s3_endpoint
         cfg = default_config(args.real, args.config, args.overrides, s3_endpoint())
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"evaluate: {e}", file=sys.stderr)

@@ -32,6 +32,7 @@ import time
 import traceback
 import warnings
 
+from crfgan.storage import s3_endpoint
 from pipelines.args import add_config_arguments, check_output_folder
 from pipelines.runtime import data_context
 
@@ -237,7 +238,6 @@ def _run(ray, inputs: list[str], output: str, cfg) -> dict:
     from pipelines import sources
 
     t0 = time.time()
-    from crfgan.storage import s3_endpoint
     endpoint = s3_endpoint(cfg.data.s3_endpoint)
     units = sources.discover(inputs, endpoint)
     if not units:

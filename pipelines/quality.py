@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from crfgan.storage import s3_endpoint
+
 
 def cache_location(storage: str) -> tuple[str, str]:
     """(cache URI, S3 endpoint) under a storage path; an ``s3://…?endpoint_override=H:P&scheme=http`` query becomes
@@ -36,7 +38,6 @@ def real_volumes(cfg, data_uri: str, limit: int, why: str) -> np.ndarray:
 
     out = []
     for split in ("train", "val"):
-        from crfgan.storage import s3_endpoint
         for row in read_volumes(data_uri, split, s3_endpoint(cfg.data.s3_endpoint)):
             out.append(row["volume"])
             if len(out) >= limit:

@@ -81,8 +81,9 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> dict:
 
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking:
-        raise ModelNotFound(f"{uri}: no MLflow store found: set MLFLOW_TRACKING_URI or mlflow.tracking_uri, or pass "
-                            "train.storage_path=FOLDER where crfgan train wrote FOLDER/mlflow.db (default: runs)")
+        from pipelines.tracking import NO_STORE
+
+        raise ModelNotFound(f"{uri}: {NO_STORE}")
     client = MlflowClient(tracking, registry_uri=tracking)
     name, alias = m["name"], m["alias"]
     mv = _registry_version(client, name, alias, m["version"], scrub_uri(tracking))

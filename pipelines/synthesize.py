@@ -215,22 +215,20 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     import ray
 
     import crfgan
-    from crfgan.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
+    from crfgan.storage import exists, filesystem, join, read_bytes, s3_endpoint, write_bytes_atomic
     from crfgan.synth import check_metadata, class_index_for, generator_metadata
     from pipelines.registry import fetch_model
     from pipelines.runtime import data_context, ensure_ray
-    from pipelines.tracking import scrub_uri
+    from pipelines.tracking import lookup_tracking_uri, scrub_uri
 
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
     if start < 0:
         raise ValueError(f"--start must be >= 0, got {start}")
+    check_output_folder(out, "--out")
     if "://" not in str(out):
-        check_output_folder(out, "--out")
         out = os.path.abspath(os.path.expanduser(out))  # the actors write it: they run in another directory
     t0 = time.perf_counter()
-    from pipelines.tracking import lookup_tracking_uri
-
     model = fetch_model(model_uri, tracking_uri or lookup_tracking_uri(cfg))
     files = model.pop("files")
     jcfg = job_config(files, cfg)
@@ -243,7 +241,6 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     class_index = class_index_for(class_name, meta.get("class_names") or getattr(jcfg.model, "class_names", []),
                                   f"model {model_uri}")
     job_seed = jcfg.synth.seed if seed is None else int(seed)
-    from crfgan.storage import s3_endpoint
     endpoint = s3_endpoint(cfg.data.s3_endpoint)  # the job's, not the training's
     fs, root = filesystem(out, endpoint)
     if "://" not in str(out):
@@ -251,9 +248,10 @@ def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int
     identity = job_identity(model, files, job_seed, class_name, fmt, jcfg.synth)
     job_path = join(root, JOB_FILE)
     existing = json.loads(read_bytes(fs, job_path)) if exists(fs, job_path) else None
-    done = _present(fs, root, fmt) | (_present(fs, root, "nii" if fmt == "nii.gz" else "nii.gz") if existing is None
-                                      else set())
-    check_job(existing, identity, scrub_uri(out), len(done))
+    done = _present(fs, root, fmt)
+    # without a job.json, volumes of either format are an unknown job's
+    foreign = len(done | _present(fs, root, "nii" if fmt == "nii.gz" else "nii.gz")) if existing is None else 0
+    check_job(existing, identity, scrub_uri(out), foreign)
     if existing is None:
         try:  # also the check that an s3:// --out is writable, before Ray starts
             write_bytes_atomic(fs, job_path, json.dumps(identity, indent=2).encode())

@@ -69,6 +69,10 @@ def default_store(storage: str) -> Path:
     return Path(storage if is_local(storage) else ".").expanduser().resolve() / "mlflow.db"
 
 
+NO_STORE = ("no MLflow store found: set MLFLOW_TRACKING_URI or mlflow.tracking_uri, or pass train.storage_path=FOLDER "
+            "where crfgan train wrote FOLDER/mlflow.db (default: runs)")
+
+
 def lookup_tracking_uri(cfg) -> str | None:
     """Where a reading stage (synthesize, evaluate) finds the registry: ``mlflow.tracking_uri``, else
     ``MLFLOW_TRACKING_URI``, else the embedded store ``crfgan train`` writes by default (``<train.storage_path>/mlflow.db``)
@@ -221,13 +225,15 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
         pyfunc_log = logging.getLogger("mlflow.pyfunc")
         level = pyfunc_log.level
         pyfunc_log.setLevel(logging.ERROR)  # "Failed to infer model signature" from GeneratorModel's ndarray hint
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
-                code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
-                metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
-                          "class_names": list(cfg.model.class_names), "synthesis": synthesis})
-        pyfunc_log.setLevel(level)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
+                    code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
+                    metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
+                              "class_names": list(cfg.model.class_names), "synthesis": synthesis})
+        finally:
+            pyfunc_log.setLevel(level)
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     for k, v in tags.items():

@@ -28,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.args import add_config_arguments, config_from_args
+from crfgan.storage import s3_endpoint
+from pipelines.args import add_config_arguments, check_output_folder, config_from_args
 from pipelines.runtime import ensure_ray
 
 
@@ -90,7 +91,6 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
 
     from crfgan.trainer import assign_classes
 
-    from crfgan.storage import s3_endpoint
     endpoint = s3_endpoint(cfg.data.s3_endpoint)
     s = cfg.model.image_size
     check_shards_match(cfg, data_uri, manifest)
@@ -185,8 +185,6 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from crfgan.shards import read_manifest
     from pipelines import cluster, tracking
 
-    from pipelines.args import check_output_folder
-
     check_output_folder(cfg.train.storage_path, "--storage")
     refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
     data_uri = data_uri if "://" in data_uri else os.path.abspath(data_uri)  # read by Ray tasks in other directories
@@ -199,7 +197,6 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    from crfgan.storage import s3_endpoint
     endpoint = s3_endpoint(cfg.data.s3_endpoint)
     storage = cluster.s3_storage(storage_uri(t.storage_path), endpoint)
     # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
