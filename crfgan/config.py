@@ -65,6 +65,7 @@ class ModelConfig:
     embedding_channels: int = 0  # 0: 2 * base_channels (reference: 64)
     embedding_size: int = 0  # 0: S/4 (reference); S/8 also works (one more renderer stage)
     d_channels: int = 512  # D^H width (reference: 512)
+    d_minibatch_std: int = 0  # D^H minibatch-stddev group size (a stabiliser, not the reference; divides the batch); 0: off
     d_low_channels: int = 256  # HA-GAN D^L width (reference: 256)
     sub_encoder_channels: int = 256  # HA-GAN sub-encoder E^G width (reference: 256)
     activation_checkpointing: bool = False  # recompute G^A blocks in backward: less memory, more compute
@@ -272,6 +273,9 @@ class Config:
         _check(t.r1_gamma >= 0, "train.r1_gamma", f"must be >= 0 (0: off), got {t.r1_gamma}")
         _positive("train.r1_every", t.r1_every)
         _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0: off), got {t.ema_decay}")
+        g = self.model.d_minibatch_std
+        _check(g == 0 or (g >= 2 and t.batch_size % g == 0), "model.d_minibatch_std",
+               f"must be 0 (off) or a group size >= 2 that divides train.batch_size={t.batch_size}, got {g}")
         _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: unlimited), got {t.max_failures}")
         _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
         _check(bool(t.run_name.strip()) and "/" not in t.run_name, "train.run_name",

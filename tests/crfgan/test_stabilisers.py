@@ -1,5 +1,5 @@
-"""The training stabilisers (instance noise, R1, EMA of G): off by default and in the presets, and each does what it
-says (crfgan/step.py)."""
+"""The training stabilisers (instance noise, R1, EMA of G, D's minibatch stddev): off by default and in the presets,
+and each does what it says (crfgan/step.py, crfgan/discriminator.py)."""
 
 import numpy as np
 import pytest
@@ -42,6 +42,7 @@ def same(a, b):
 def test_every_preset_leaves_the_stabilisers_off(preset):
     t = load_config(preset).train
     assert (t.instance_noise, t.r1_gamma, t.ema_decay) == (0.0, 0.0, 0.0)
+    assert load_config(preset).model.d_minibatch_std == 0
     assert build_networks(load_config("tiny")).g_ema is None
 
 
@@ -49,6 +50,8 @@ def test_every_preset_leaves_the_stabilisers_off(preset):
     ("train.instance_noise=-0.1", "train.instance_noise"), ("train.instance_noise_iters=0", "train.instance_noise_iters"),
     ("train.r1_gamma=-1", "train.r1_gamma"), ("train.r1_every=0", "train.r1_every"),
     ("train.ema_decay=1.0", "train.ema_decay"), ("train.ema_decay=-0.5", "train.ema_decay"),
+    ("model.d_minibatch_std=1", "model.d_minibatch_std"), ("model.d_minibatch_std=-2", "model.d_minibatch_std"),
+    ("model.d_minibatch_std=3", "model.d_minibatch_std"),  # does not divide train.batch_size=2 (tiny)
 ])
 def test_bad_stabiliser_settings_are_refused_by_name(override, key):
     with pytest.raises(ConfigError, match=key):
@@ -151,3 +154,27 @@ def test_switching_ema_on_when_resuming_a_run_without_it_starts_the_average_at_g
     cfg1, nets1, opts1 = setup(["train.ema_decay=0.9"], seed=3)
     load_checkpoint(tmp_path / "ck", "cpu", nets1, opts1)
     assert same(nets1.g_ema.parameters(), nets0.g.parameters())
+
+
+def test_minibatch_std_gives_d_the_spread_of_each_group_and_never_mixes_real_with_fake():
+    from crfgan.discriminator import minibatch_std
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(2, 3, 1, 4, 4, generator=g)  # a group of 2 distinct inputs
+    same_twice = spread[:1].repeat(2, 1, 1, 1, 1)  # a collapsed group: one input twice
+    out = minibatch_std(torch.cat([spread, same_twice]), 2)
+    assert out.shape == (4, 4, 1, 4, 4) and torch.equal(out[:, :3], torch.cat([spread, same_twice]))
+    expected = spread.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+    assert torch.allclose(out[:2, 3], expected.expand(2, 1, 4, 4))
+    assert out[2:, 3].max() < 1e-3  # the collapsed group reads ~0; the first group's value is not mixed in
+    with pytest.raises(ValueError, match="not a multiple"):
+        minibatch_std(torch.cat([spread, spread[:1]]), 2)
+
+
+def test_minibatch_std_changes_d_and_trains():
+    cfg, nets, _ = setup(["model.d_minibatch_std=2"])
+    assert nets.d.tail[-1].weight.shape[1] == cfg.model.d_channels + 1
+    out, _, _ = step_once(["model.d_minibatch_std=2"])
+    assert all(torch.isfinite(v).all() for v in out.values())
+    _, _, nets_off = step_once([])
+    assert nets_off.d.tail[-1].weight.shape[1] == cfg.model.d_channels
