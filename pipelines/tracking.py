@@ -7,6 +7,7 @@ Layout of one training run in MLflow:
   metrics    every loss, ``its_per_s``, ``samples_per_s``, ``peak_mem_mb_rank<i>``, ``val_l1``, ``resumed_from`` …
   inputs     the shards as a MetaDataset (source URI, digest = manifest hash)
   artifacts  ``data/manifest.json``, ``montages/step_<n>.png`` (mid axial/coronal/sagittal slices of G(z)),
+             ``curves/curves.png`` (quality, diversity and losses against the iteration, written at the end),
              ``generator/`` (a pyfunc model: generator.safetensors + config.json + the model code)
   registry   ``mlflow.registered_model`` version with alias ``candidate`` and tags data_manifest_hash, git_commit.
 
@@ -291,14 +292,32 @@ class WorkerTracker:
 
         self.client, self.run_id, self.cfg = MlflowClient(uri), run_id, cfg
         self.pending: list = []
+        self.history: dict[int, dict] = {}  # step → the curve keys logged at it (for curves.png)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         from mlflow.entities import Metric
 
+        from crfgan.metrics.curves import PANELS
+
         ts = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if isinstance(v, (int, float))]
+        keys = {k for _, ks, _ in PANELS for k in ks}
+        row = {k: float(v) for k, v in metrics.items() if k in keys and isinstance(v, (int, float))}
+        if row:
+            self.history.setdefault(int(step), {"iteration": int(step)}).update(row)
         if len(self.pending) >= 200:
             self.flush()
+
+    def log_curves(self) -> None:
+        """``curves/curves.png``: quality, diversity and losses against the iteration, from this run's log
+        (a resumed run draws what it logged since it resumed)."""
+        from crfgan.metrics.curves import plot_curves
+
+        rows = [self.history[k] for k in sorted(self.history)]
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "curves.png"
+            if plot_curves(rows, p, title=f"{self.cfg.train.run_name} ({self.cfg.name})"):
+                self.client.log_artifact(self.run_id, str(p), artifact_path="curves")
 
     def flush(self) -> None:
         for i in range(0, len(self.pending), 1000):

@@ -302,3 +302,4 @@ def train_loop_per_worker(config: dict) -> None:
             steady_t0, steady_it = win_t0, done
     if tracker is not None:
         tracker.flush()
+        tracker.log_curves()

@@ -59,12 +59,12 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path) -> str:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    _save_png(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path.name
 
 
-def _save_png(fig_or_img, path: Path) -> None:
+def save_png(fig_or_img, path: Path) -> None:
     with atomic_local_path(path, suffix=".png") as tmp:
         if hasattr(fig_or_img, "savefig"):
             fig_or_img.savefig(tmp, dpi=90, bbox_inches="tight")
@@ -177,13 +177,13 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
     montages = {}
     for i, (name, vols) in enumerate(volumes.items()):
         fname = f"montage_{i:02d}.png"
-        _save_png(montage(vols), out / fname)
+        save_png(montage(vols), out / fname)
         montages[name] = fname
     strips, viewer = {}, None
     for i, (name, vols) in enumerate(volumes.items()):
         img, idx, row_px = slice_strip(vols)
         fname = f"slices_{i:02d}.png"
-        _save_png(img, out / fname)
+        save_png(img, out / fname)
         strips[name] = (fname, img.size[0], row_px)
         viewer = idx
     figs = _plots(stats, modality, window, seams, out)

@@ -14,7 +14,8 @@ phantom set of another seed:
 - the lung volume fraction's sd over the samples vs over the held-out set (``crfgan.phantom.measure``);
 - the training losses averaged over the window.
 
-The JSON (``--json``) is rewritten after every evaluation, so a run stopped by ``timeout`` keeps its curve.
+The JSON (``--json``) and its curves PNG (same name, ``.png``: quality, diversity and losses against the iteration,
+with the real-vs-real floor) are rewritten after every evaluation, so a run stopped by ``timeout`` keeps its curve.
 ``out_of_collapse`` is diversity_ratio ≥ 0.7 and quality_vs_floor ≤ 3 at the final evaluation (issue 16's bar).
 Set ``torch`` threads with ``--threads`` (default 1: the one-core budget; pin the process with ``taskset``).
 """
@@ -49,7 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-every", type=int, default=250, help="iterations between evaluations (default 250)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default="", help="a label for the run in the JSON")
-    p.add_argument("--json", metavar="PATH", help="write the figures as JSON (rewritten after every evaluation)")
+    p.add_argument("--json", metavar="PATH", help="write the figures as JSON and the curves as PATH with .png (both rewritten after every evaluation)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.r1_gamma=1 train.ema_decay=0.999")
 
 
@@ -125,6 +126,7 @@ def train_and_score(args) -> dict:
 
     from crfgan.config import load_config
     from crfgan.memory import pin_mmap_threshold
+    from crfgan.metrics.curves import plot_curves
     from crfgan.metrics.quick import render_fixed
     from crfgan.models import apply_execution_options, build_networks, build_optimizers
     from crfgan.step import Amp, train_step
@@ -157,6 +159,12 @@ def train_and_score(args) -> dict:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(_clean(res), indent=1))
+            if res["curve"]:
+                plot_curves(res["curve"], Path(args.json).with_suffix(".png"), title=f"{res['name']}: "
+                            + (" ".join(args.overrides) or "paper recipe"),
+                            floor={"quality_score": res["floor"]["quality_score"],
+                                   "diversity_ratio": res["real"]["second_set_diversity_ratio"]},
+                            diversity_bar=DIVERSITY_BAR)
 
     write()
     rng = seed_everything(t.seed)

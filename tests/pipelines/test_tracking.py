@@ -73,6 +73,9 @@ def test_mlflow_run_has_params_metrics_artifacts(tracked_run, mlflow_server):  #
 
     img = np.asarray(Image.open(local))
     assert img.ndim == 2 and img.shape[1] == 3 * img.shape[0] // 2 and img.std() > 0  # 2 volumes × 3 views
+    assert [a.path for a in client.list_artifacts(summary["run_id"], "curves")] == ["curves/curves.png"]
+    curves = np.asarray(Image.open(client.download_artifacts(summary["run_id"], "curves/curves.png")))
+    assert curves.shape[1] > 2 * curves.shape[0] and curves.std() > 0  # the quality, collapse and loss panels
 
 
 def test_registered_generator_loads_and_renders(tracked_run, mlflow_server):  # noqa: F811

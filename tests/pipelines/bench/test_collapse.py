@@ -43,3 +43,7 @@ def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
     assert doc["floor"]["quality_score"] > 0 and isinstance(doc["out_of_collapse"], bool)
     assert "train.ema_decay=0.9" in doc["overrides"]
     assert "q/floor" in capsys.readouterr().out
+    from PIL import Image
+
+    png = Image.open(out.with_suffix(".png"))  # the curves: three panels side by side
+    assert png.format == "PNG" and png.width > 2 * png.height
