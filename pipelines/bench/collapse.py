@@ -50,8 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-every", type=int, default=250, help="iterations between evaluations (default 250)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default="", help="a label for the run in the JSON")
-    p.add_argument("--json", metavar="PATH", help="write the figures as JSON and the curves as PATH with .png (both rewritten after every "
-                   "evaluation)")
+    p.add_argument("--json", metavar="PATH", help="write the figures as JSON and the curves as PATH with .png "
+                   "(both rewritten after every evaluation)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.r1_gamma=1 train.ema_decay=0.999")
 
 
