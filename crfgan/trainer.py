@@ -1,11 +1,11 @@
 """Single-process trainer on in-memory volumes: exercises the model without Ray (``crfgan train --local``).
 
-The Ray Train pipeline (``pipelines/train.py``) runs the same ``train_step`` inside DDP workers.
+A thin shell around the one training loop (``crfgan.loop``), which the Ray Train workers (``pipelines/train_loop.py``)
+run too: random batches from memory, checkpoints ``checkpoint_NNNNNN`` in a local folder, the generator at the end.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import time
@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_generator, set_rng_state
+from . import loop
+from .checkpoint import save_checkpoint, save_generator
 from .config import Config
-from .memory import pin_mmap_threshold
-from .models import Networks, apply_execution_options, build_networks, build_optimizers
-from .step import Amp, train_step
+from .models import Networks
 
 CKPT_RE = re.compile(r"^checkpoint_(\d{6,})$")
+NOT_LOGGED = ("iteration", "samples_seen", "start_iteration", "world_size", "its_per_s_steady")  # local history rows
 
 
 @dataclass
@@ -92,14 +92,6 @@ def refuse_foreign_run(out: Path) -> None:
                            "with `crfgan train` (without --local), or pick another --run-name or --storage")
 
 
-def to_device(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """Host batch → ``device`` without stalling the host on a GPU: a copy from pageable memory waits for the stream's
-    queued kernels, so the batch is pinned first and copied asynchronously."""
-    if x is None or device.type != "cuda":
-        return None if x is None else x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
@@ -138,54 +130,35 @@ def train_local(
     a GPU exactly when ``train.use_gpu``. Losses are read from the device only every ``train.log_every`` iterations.
     """
     t = cfg.train
-    s = cfg.model.image_size
-    assert volumes.ndim == 4 and volumes.shape[1:] == (s, s, s), (
-        f"volumes must be (N, {s}, {s}, {s}), got {volumes.shape}"
+    size = cfg.model.image_size
+    assert volumes.ndim == 4 and volumes.shape[1:] == (size, size, size), (
+        f"volumes must be (N, {size}, {size}, {size}), got {volumes.shape}"
     )
     if cfg.model.num_classes and (labels is None or len(labels) != len(volumes)):
         raise ValueError(f"model.num_classes={cfg.model.num_classes}: pass one class label per volume")
     dev = select_device(cfg, device)
-    if dev.type == "cpu":
-        pin_mmap_threshold()
-    rng = seed_everything(t.seed)
-    nets = apply_execution_options(cfg, build_networks(cfg).to(dev).train())
-    opts = build_optimizers(cfg, nets)
-    start_it = 0
     out = Path(out_dir) if out_dir else None
     if out:
         refuse_foreign_run(out)
-    if out and resume and checkpoints(out):
-        latest = checkpoints(out)[-1]
-        ck_cfg, _, state = load_checkpoint(latest, dev, nets, opts)
-        if ck_cfg.model.class_names != cfg.model.class_names:
-            raise ValueError(f"{latest} was trained with classes {ck_cfg.model.class_names}, this run has "
-                             f"{cfg.model.class_names}: resume with the same data and model.class_names")
-        start_it = state["iteration"]
-        set_rng_state(state["rng"])
-        rng.bit_generator.state = state["np_rng"]
-        log(f"resumed from {latest} at iteration {start_it}")
-    amp = Amp(t.amp, dev)
-    data = batches(volumes, t.batch_size, rng, labels if cfg.model.num_classes else None)
-    result = TrainResult(nets=nets, iterations=start_it)
+    latest = checkpoints(out)[-1] if out and resume and checkpoints(out) else None
+    s = loop.start(cfg, dev, checkpoint=latest)
+    if latest is not None:
+        log(f"resumed from {latest} at iteration {s.start_it}")
+    data = batches(volumes, t.batch_size, s.rng, labels if cfg.model.num_classes else None)
+    result = TrainResult(nets=s.nets, iterations=s.start_it)
     t0 = time.perf_counter()
-    for it in range(start_it, t.iterations):
-        real, lab = next(data)
-        losses = train_step(nets, opts, to_device(real, dev), it, cfg, rng, amp, labels=to_device(lab, dev))
-        done = it + 1
-        if done % t.log_every == 0 or done == t.iterations:
-            row = {"iteration": done, **{k: float(v) for k, v in losses.items()}}
-            bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"iteration {done}: non-finite {', '.join(bad)}")
-            result.history.append(row)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if out and (done % t.checkpoint_every == 0 or done == t.iterations):
-            save_checkpoint(out / f"checkpoint_{done:06d}", cfg, nets, opts, done, {"np_rng": rng.bit_generator.state})
+    for w in loop.windows(s, data):
+        row = {"iteration": w.done, **{k: v for k, v in w.metrics.items() if k not in NOT_LOGGED}}
+        result.history.append(row)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if out and w.checkpoint:
+            save_checkpoint(out / f"checkpoint_{w.done:06d}", cfg, s.nets, s.opts, w.done,
+                            loop.checkpoint_state(s, w.done, [loop.rng_states(s)], "local"))
             for old in checkpoints(out)[: -t.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-        result.iterations = done
+        result.iterations = w.done
     result.seconds = time.perf_counter() - t0
     if out:
-        result.generator_path = save_generator(out / "generator", cfg, nets.eval_generator(),
-                                               {"iterations": result.iterations, "ema": str(nets.g_ema is not None)})
+        result.generator_path = save_generator(out / "generator", cfg, s.nets.eval_generator(),
+                                               {"iterations": result.iterations, "ema": str(s.nets.g_ema is not None)})
     return result

@@ -1,6 +1,9 @@
 """The Ray Train v2 per-worker loop: DDP over each CRF-GAN network, streamed shards, checkpoints, resume, val_l1.
 
 Runs inside every TorchTrainer worker (``train_loop_per_worker(config)``); the driver is ``pipelines/train.py``.
+A shell around the one training loop (``crfgan.loop``: start or resume, the iterations, the report windows and the
+checkpoint state), which ``crfgan train --local`` runs too; this file adds the DDP wrappers, the streamed shard,
+validation, the cross-rank reductions and Ray Train's report/checkpoint.
 
 - Networks: every one (G, D, E, CRF; HA-GAN: G^L, D^L, E^G) is wrapped by ``prepare_model`` on its own; the
   wrappers go to ``train_step(call=...)``, which calls the wrapper only of the network a sub-step trains and the bare
@@ -28,6 +31,7 @@ Runs inside every TorchTrainer worker (``train_loop_per_worker(config)``); the d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -40,14 +44,12 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from crfgan.memory import peak_rss_bytes, pin_mmap_threshold
+from crfgan import loop
+from crfgan.memory import peak_rss_bytes
 from crfgan.storage import write_text_atomic
-from crfgan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from crfgan.checkpoint import save_checkpoint
 from crfgan.config import Config, config_from_dict
 from crfgan.metrics.quick import fd_ssl_quick, quality_score_quick
-from crfgan.models import apply_execution_options, build_networks, build_optimizers
-from crfgan.step import Amp, train_step
-from crfgan.trainer import to_device
 
 VAL_MAX_VOLUMES = 8  # validation streams at most this many val volumes (a cheap, fixed-cost metric)
 
@@ -171,44 +173,18 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        pin_mmap_threshold()  # freed gradient buffers go back to the OS (see crfgan.memory)
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))  # intra-op threads = the worker's CPUs
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    nets = apply_execution_options(cfg, build_networks(cfg).to(device).train())
-    opts = build_optimizers(cfg, nets)  # over the bare modules' parameters, which the DDP wrappers share
-    rng = np.random.default_rng([t.seed, rank])
-    torch.manual_seed(t.seed * 1_000_003 + rank)  # per-rank noise
-    start_it, lineage = 0, []
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            ck_cfg, _, state = load_checkpoint(d, device, nets, opts)
-        if ck_cfg.model.class_names != cfg.model.class_names:
-            raise ValueError(f"the checkpoint was trained with classes {ck_cfg.model.class_names}, this run has "
-                             f"{cfg.model.class_names}: resume with the same data and model.class_names")
-        start_it, lineage = int(state["iteration"]), [list(s) for s in state.get("lineage", [])]
-        ranks = state.get("ranks", [])
-        if rank < len(ranks):  # same world size as before: continue this rank's random streams
-            set_rng_state(ranks[rank]["torch"])
-            rng.bit_generator.state = ranks[rank]["np"]
-        else:
-            rng = np.random.default_rng([t.seed, rank, start_it])
-            torch.manual_seed(t.seed * 1_000_003 + rank + start_it)
-        if rank == 0:
-            print(f"[train] resumed from checkpoint at iteration {start_it} (lineage {lineage})", flush=True)
+    with ckpt.as_directory() if ckpt is not None else contextlib.nullcontext() as d:
+        s = loop.start(cfg, device, rank, world, checkpoint=d)
+    nets, start_it = s.nets, s.start_it
+    if ckpt is not None and rank == 0:
+        print(f"[train] resumed from checkpoint at iteration {start_it} (lineage {s.lineage})", flush=True)
     _write_status(config.get("status_dir"), rank, start_it)
     if start_it >= t.iterations:
-        # a finished run started again (e.g. a resumed sweep relaunching a trial whose end Tune had not recorded):
-        # report its final result again, so the caller ends with the run's real last metrics, not a stale earlier one
-        final = dict(state.get("final_metrics") or {"iteration": start_it})
-        final.update(resumed_finished=1, resumed_checkpoint_path=ckpt.path)
-        if rank == 0:
-            print(f"[train] the run had already finished at iteration {start_it}; reporting its final result",
-                  flush=True)
-        ray.train.report(final)
+        _report_finished(s, ckpt)
         return
     if rank == 0:
         print(f"[train] rank 0 of {world} on node {ray.get_runtime_context().get_node_id()}", flush=True)
@@ -217,89 +193,80 @@ def train_loop_per_worker(config: dict) -> None:
     call = dataclasses.replace(nets, **{name: ray.train.torch.prepare_model(module, move_to_device=False)
                                         for name, module in nets.trained()})  # the EMA copy of G is never wrapped
 
-    tracker = None
-    if rank == 0 and config.get("mlflow"):
-        from pipelines.tracking import WorkerTracker
-
-        tracker = WorkerTracker(config["mlflow"]["tracking_uri"], config["mlflow"]["run_id"], cfg)
-        tracker.log_metrics({"resumed_from": start_it}, step=start_it)
-
-    amp = Amp(t.amp, device)
+    tracker = _tracker(config, cfg, rank, start_it)
     data = endless_batches(ray.train.get_dataset_shard("train"), t.batch_size, seed=t.seed * 7919 + rank, rank=rank,
                            labels=cfg.model.num_classes > 0)
     val_iter = ray.train.get_dataset_shard("val") if rank == 0 else None
-    samples_per_iter = world * t.batch_size
-    sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per iteration
-    data_s = 0.0  # time spent waiting for batches in the current report window
-    n_sum, win_t0, win_it = 0, time.perf_counter(), start_it
     tmp_dirs: list[str] = []  # parents of uploaded checkpoint copies, removed once Ray has deleted their content
-    steady_t0 = steady_it = None  # from the first report on: no start-up, no warm-up (the benchmark's figure)
-    for it in range(start_it, t.iterations):
-        t_data = time.perf_counter()
-        real, labels = next(data)
-        real, labels = to_device(real, device), to_device(labels, device)  # pinned + async on a GPU
-        data_s += time.perf_counter() - t_data
-        losses = train_step(nets, opts, real, it, cfg, rng, amp, labels=labels, call=call)
-        done = it + 1
-        for k, v in losses.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        n_sum += 1
-        last = done == t.iterations
-        is_ckpt = done % t.checkpoint_every == 0 or last
-        is_val = done % t.val_every == 0 or last
-        if not (done % t.log_every == 0 or is_ckpt or is_val):
-            continue
-        # ---- report: every rank reaches this point at the same iterations -----------------------------------
-        dt = time.perf_counter() - win_t0
-        keys = sorted(sums)
-        means = (torch.stack([sums[k].float() for k in keys]) / n_sum).tolist() if keys else []  # the one read
-        metrics = _mean_over_ranks(dict(zip(keys, means)), device)
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"iteration {done}: non-finite {', '.join(bad)}")
-        its = (done - win_it) / max(dt, 1e-9)
-        if steady_t0 is not None:
-            metrics["its_per_s_steady"] = (done - steady_it) / max(time.perf_counter() - steady_t0, 1e-9)
-        metrics["data_wait_frac"] = data_s / max(dt, 1e-9)  # share of the window spent waiting for data
-        metrics.update(iteration=done, its_per_s=its, samples_per_s=its * samples_per_iter,
-                       samples_seen=done * samples_per_iter, start_iteration=start_it, world_size=world)
+    for w in loop.windows(s, data, call=call, reduce=lambda m: _mean_over_ranks(m, device), validate=True):
+        # every rank reaches each window at the same iterations
+        done, metrics = w.done, w.metrics
         peaks = _gather(peak_memory_mb(device))
         metrics.update({f"peak_mem_mb_rank{r}": p for r, p in enumerate(peaks)}, peak_mem_mb_max=max(peaks))
-        if is_val:
-            v = validation_l1(nets, cfg, val_iter, device) if rank == 0 else 0.0
-            metrics["val_l1"] = _broadcast_float(v, device)
-            if config.get("headline"):  # the headline score and its components (crfgan.metrics.headline)
-                hs = quality_score_quick(nets.eval_generator(), cfg, config["headline"], device) if rank == 0 else {}
-                for k in ("quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score"):
-                    x = _broadcast_float(hs.get(k, 0.0), device)
-                    if math.isfinite(x):  # seam_score is NaN below 64³ (no reference boundaries): not reported
-                        metrics[k] = x
-            if config.get("quality"):  # lower is better; see crfgan.metrics.quick
-                q = fd_ssl_quick(nets.eval_generator(), cfg, config["quality"], device) if rank == 0 else 0.0
-                metrics["fd_ssl_quick"] = _broadcast_float(q, device)
-        rngs = _gather({"torch": rng_state(), "np": rng.bit_generator.state}) if is_ckpt else None
-        if is_ckpt:  # DDP health: every rank must hold the same weights (0 unless gradients were not all-reduced)
-            with torch.no_grad():
-                local_sums = [float(sum(p.double().sum() for p in mod.parameters())) for _, mod in nets.items()]
-            sums_r = _gather(local_sums)
-            metrics["param_divergence"] = max(abs(a - b) for r in sums_r for a, b in zip(r, sums_r[0]))
+        if w.validate:
+            metrics.update(_validate(s, config, val_iter))
+        if w.checkpoint:  # every rank's streams; DDP health: the ranks' weights must be identical (0)
+            rngs, metrics["param_divergence"] = _gather(loop.rng_states(s)), _param_divergence(nets)
         checkpoint = None
         _remove_empty(tmp_dirs)
-        if is_ckpt and rank == 0:
+        if w.checkpoint and rank == 0:
             tmp_dirs.append(tempfile.mkdtemp(prefix="crfgan-ckpt-"))
-            path = save_checkpoint(os.path.join(tmp_dirs[-1], "checkpoint"), cfg, nets, opts, done, {
-                "ranks": rngs, "lineage": lineage + [[start_it, done]], "samples_seen": done * samples_per_iter,
-                "world_size": world, "trainer": "ray", **({"final_metrics": metrics} if last else {})})
+            path = save_checkpoint(os.path.join(tmp_dirs[-1], "checkpoint"), cfg, nets, s.opts, done,
+                                   loop.checkpoint_state(s, done, rngs, "ray", metrics if w.last else None))
             checkpoint = ray.train.Checkpoint.from_directory(str(path))
         # ASYNC: rank 0 uploads in the background and deletes its local copy after; no rank waits for the upload
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
         if tracker is not None:
             tracker.log_metrics(metrics, step=done)
-            if is_val:
+            if w.validate:
                 tracker.log_montage(nets.eval_generator(), done, device)
-        sums, n_sum, win_t0, win_it, data_s = {}, 0, time.perf_counter(), done, 0.0
-        if steady_t0 is None:
-            steady_t0, steady_it = win_t0, done
     if tracker is not None:
         tracker.flush()
         tracker.log_curves()
+
+
+def _tracker(config: dict, cfg: Config, rank: int, start_it: int):
+    """Rank 0's MLflow logger when the driver opened a run (``config["mlflow"]``), else None."""
+    if rank != 0 or not config.get("mlflow"):
+        return None
+    from pipelines.tracking import WorkerTracker
+
+    tracker = WorkerTracker(config["mlflow"]["tracking_uri"], config["mlflow"]["run_id"], cfg)
+    tracker.log_metrics({"resumed_from": start_it}, step=start_it)
+    return tracker
+
+
+def _report_finished(s, ckpt) -> None:
+    """A finished run started again (e.g. a resumed sweep relaunching a trial whose end Tune had not recorded):
+    report its final result again, so the caller ends with the run's real last metrics, not a stale earlier one."""
+    final = dict((s.state or {}).get("final_metrics") or {"iteration": s.start_it})
+    final.update(resumed_finished=1, resumed_checkpoint_path=ckpt.path)
+    if s.rank == 0:
+        print(f"[train] the run had already finished at iteration {s.start_it}; reporting its final result", flush=True)
+    ray.train.report(final)
+
+
+def _validate(s, config: dict, val_iter) -> dict:
+    """val_l1 (and the sample scores the run was asked for) on rank 0, broadcast to every rank."""
+    nets, cfg, device, rank = s.nets, s.cfg, s.device, s.rank
+    out = {}
+    v = validation_l1(nets, cfg, val_iter, device) if rank == 0 else 0.0
+    out["val_l1"] = _broadcast_float(v, device)
+    if config.get("headline"):  # the headline score and its components (crfgan.metrics.headline)
+        hs = quality_score_quick(nets.eval_generator(), cfg, config["headline"], device) if rank == 0 else {}
+        for k in ("quality_score", "swd_fine", "intensity_shift_hu", "dup_ratio", "seam_score"):
+            x = _broadcast_float(hs.get(k, 0.0), device)
+            if math.isfinite(x):  # seam_score is NaN below 64³ (no reference boundaries): not reported
+                out[k] = x
+    if config.get("quality"):  # lower is better; see crfgan.metrics.quick
+        q = fd_ssl_quick(nets.eval_generator(), cfg, config["quality"], device) if rank == 0 else 0.0
+        out["fd_ssl_quick"] = _broadcast_float(q, device)
+    return out
+
+
+def _param_divergence(nets) -> float:
+    """The largest difference between ranks of any network's parameter sum."""
+    with torch.no_grad():
+        local_sums = [float(sum(p.double().sum() for p in mod.parameters())) for _, mod in nets.items()]
+    sums_r = _gather(local_sums)
+    return max(abs(a - b) for r in sums_r for a, b in zip(r, sums_r[0]))

@@ -1,6 +1,6 @@
 """``crfgan bench collapse``: does a training recipe leave mode collapse on procedural phantoms, within a budget?
 
-One run: train a generator (``crfgan.step.train_step``, the loop of ``crfgan.trainer.train_local``) on N phantom
+One run: train a generator (the one training loop, ``crfgan.loop``, as ``crfgan train --local`` runs it) on N phantom
 volumes (``phantom://N?size=S&seed=K`` prepared in-process exactly as ``crfgan preprocess`` prepares them:
 ``crfgan.volume.prepare_volume``; or on a shard folder with ``--shards``) until ``--iterations`` or the wall-clock
 ``--budget-s`` (training plus evaluation), and every ``--eval-every`` iterations score ``--samples`` volumes rendered
@@ -34,6 +34,14 @@ TINY_WIDTHS = ("model.latent_dim=64", "model.base_channels=8", "model.d_channels
 DIVERSITY_BAR, QUALITY_BAR = 0.7, 3.0
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def add_arguments(p) -> None:
     p.add_argument("--config", default="ct64", help="preset or YAML (default ct64)")
     p.add_argument("--no-tiny", action="store_true", help=f"do not apply the tiny widths ({' '.join(TINY_WIDTHS)})")
@@ -47,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--iterations", type=int, default=0, help="stop after this many iterations (0: train.iterations)")
     p.add_argument("--budget-s", type=float, default=1800.0, help="stop training once this many seconds (training "
                    "and evaluation) have passed (default 1800)")
-    p.add_argument("--eval-every", type=int, default=250, help="iterations between evaluations (default 250)")
+    p.add_argument("--eval-every", type=_positive_int, default=250, help="iterations between evaluations (default 250)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default="", help="a label for the run in the JSON")
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON and the curves as PATH with .png "
@@ -129,9 +137,8 @@ def train_and_score(args) -> dict:
     from crfgan.memory import pin_mmap_threshold
     from crfgan.metrics.curves import plot_curves
     from crfgan.metrics.quick import render_fixed
-    from crfgan.models import apply_execution_options, build_networks, build_optimizers
-    from crfgan.step import Amp, train_step
-    from crfgan.trainer import batches, seed_everything
+    from crfgan import loop
+    from crfgan.trainer import batches
 
     torch.set_num_threads(max(1, args.threads))
     pin_mmap_threshold()
@@ -168,19 +175,19 @@ def train_and_score(args) -> dict:
                             diversity_bar=DIVERSITY_BAR)
 
     write()
-    rng = seed_everything(t.seed)
-    nets = apply_execution_options(cfg, build_networks(cfg).train())
-    opts = build_optimizers(cfg, nets)
-    amp = Amp(t.amp, torch.device("cpu"))
-    data = batches(vols, t.batch_size, rng)
+    t.iterations = iterations
+    t.log_every = t.checkpoint_every = t.val_every = args.eval_every  # one window per evaluation
+    s = loop.start(cfg, torch.device("cpu"))
+    nets = s.nets
+    data = batches(vols, t.batch_size, s.rng)
     train_s = eval_s = 0.0
-    sums: dict[str, float] = {}
-    n_sum = 0
+    timing = ("iteration", "its_per_s", "its_per_s_steady", "samples_per_s", "samples_seen", "start_iteration",
+              "world_size", "data_wait_frac")
 
-    def evaluate(done: int) -> dict:
+    def evaluate(done: int, losses: dict) -> dict:
         nonlocal eval_s
         t0 = time.perf_counter()
-        row = {"iteration": done, "train_s": train_s, **{k: v / max(n_sum, 1) for k, v in sums.items()}}
+        row = {"iteration": done, "train_s": train_s, **{k: v for k, v in losses.items() if k not in timing}}
         row.update(scorer.score(render_fixed(nets.eval_generator(), cfg, args.samples)))
         if nets.g_ema is not None:
             raw = scorer.score(render_fixed(nets.g, cfg, args.samples))
@@ -193,22 +200,12 @@ def train_and_score(args) -> dict:
         write()
         return row
 
-    evaluate(0)
+    evaluate(0, {})
     done = 0
-    while done < iterations and time.perf_counter() - t_start < args.budget_s:
-        real, _ = next(data)
-        t0 = time.perf_counter()
-        losses = train_step(nets, opts, real, done, cfg, rng, amp)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        n_sum += 1
-        train_s += time.perf_counter() - t0
-        done += 1
-        if done % args.eval_every == 0:
-            evaluate(done)
-            sums, n_sum = {}, 0
-    if not res["curve"] or res["curve"][-1]["iteration"] != done:
-        evaluate(done)
+    for w in loop.windows(s, data, stop=lambda: time.perf_counter() - t_start >= args.budget_s):
+        train_s += (w.done - done) / max(w.metrics["its_per_s"], 1e-12)  # the window's training time
+        done = w.done
+        evaluate(done, w.metrics)
     last = res["curve"][-1]
     res.update(done=True, iterations=done, train_s=train_s, eval_s=eval_s, total_s=time.perf_counter() - t_start,
                cpu_s=time.process_time() - cpu0,
