@@ -32,6 +32,7 @@ class TrainResult:
     generator_path: Path | None = None
     iterations: int = 0
     seconds: float = 0.0
+    start_iteration: int = 0  # where this call started (the resumed checkpoint's iteration, else 0)
 
 
 def load_volumes(paths: Iterable[str | Path], cfg: Config) -> np.ndarray:
@@ -145,7 +146,7 @@ def train_local(
     if latest is not None:
         log(f"resumed from {latest} at iteration {s.start_it}")
     data = batches(volumes, t.batch_size, s.rng, labels if cfg.model.num_classes else None)
-    result = TrainResult(nets=s.nets, iterations=s.start_it)
+    result = TrainResult(nets=s.nets, iterations=s.start_it, start_iteration=s.start_it)
     t0 = time.perf_counter()
     for w in loop.windows(s, data):
         row = {"iteration": w.done, **{k: v for k, v in w.metrics.items() if k not in NOT_LOGGED}}
