@@ -213,6 +213,18 @@ def write_manifest(fs: pafs.FileSystem, root: str, manifest: dict) -> None:
     write_bytes_atomic(fs, join(root, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
+# manifest keys that describe a preprocessing run, not the data: a re-preprocess of the same inputs keeps the hash
+# (and so every cache keyed by it: the SSL extractor, the real features)
+VOLATILE_MANIFEST_KEYS = ("elapsed_s", "staging_bytes", "staging_kept", "units_skipped")
+
+
+def manifest_hash(manifest: dict) -> str:
+    """The data's identity from its manifest (16 hex digits): the key of every cache of the real side (training's
+    and ``crfgan evaluate``'s SSL extractor and real features) and the registry's ``data_manifest_hash``."""
+    stable = {k: v for k, v in manifest.items() if k not in VOLATILE_MANIFEST_KEYS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_manifest(uri: str, endpoint: str = "") -> dict:
     fs, root = filesystem(uri, endpoint)
     with fs.open_input_stream(join(root, MANIFEST)) as f:

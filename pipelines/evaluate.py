@@ -5,7 +5,9 @@
 Each URI is a shard dataset from ``crfgan preprocess`` or a folder / ``s3://`` prefix of NIfTI volumes; all sets are
 put on the model's [-1, 1] scale (``crfgan.metrics.sets``) with the data config recorded with the model (``--model``),
 else the real shards' manifest, else ``--config``. The SSL extractor is trained on the real set's train split (or
-on the whole real set when it is a NIfTI folder), or read from the cache (``--cache``) by the real data's hash.
+on the whole real set when it is a NIfTI folder), or read from the cache (``--cache``) by the real data's hash. The
+default cache is the one ``crfgan train`` fills, ``<train.storage_path>/quality`` (storage path from ``--model``'s
+config, else the config), so evaluating against the shards a model was trained on reuses its extractor.
 Per-chunk statistics (features, spectra, histograms, seam profiles, nearest-training distances) and each set's
 pairwise MS-SSIM run as Ray tasks in parallel; the driver combines them (``crfgan.metrics.compute``).
 Several ``--synthetic`` sets give one table with ratios against the first. With ``--model`` the first set's metrics and
@@ -37,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", required=True, metavar="DIR", help="output folder: index.html, report.md, metrics.json, PNGs")
     p.add_argument("--model", default=None, metavar="models:/NAME@ALIAS",
                    help="the registered generator evaluated: its data config is used and results are logged to its run")
-    p.add_argument("--cache", default="outputs/eval-cache", metavar="URI",
-                   help="SSL extractor and real-feature cache (folder or s3://; default outputs/eval-cache)")
+    p.add_argument("--cache", default="", metavar="URI",
+                   help="SSL extractor and real-feature cache (folder or s3://; default: the one crfgan train "
+                   "fills, <train.storage_path>/quality)")
     p.add_argument("--max-volumes", type=int, default=0, help="use at most this many volumes per set (0: all)")
     add_config_arguments(p, default=None)
 
@@ -93,11 +96,18 @@ def run(cfg, real_uri: str, synthetic: list[tuple[str, str]], report: str, cache
         log(f"[evaluate] data config and seam geometry from {model} (run {run_id})")
     real = load_set(real_uri, "real", cfg, max_volumes=max_volumes, log=log)
     sets = [load_set(uri, name, cfg, max_volumes=max_volumes, log=log) for name, uri in synthetic]
-    return evaluate_sets(cfg, real, sets, report, cache, run_id=run_id, tracking=tracking, log=log, t0=t0)
+    endpoint = ""
+    if not cache:  # training's cache (pipelines.quality): the same key, so its extractor is found, not retrained
+        from pipelines.quality import cache_location
+        from pipelines.runtime import storage_uri
+
+        cache, endpoint = cache_location(storage_uri(cfg.train.storage_path))
+    return evaluate_sets(cfg, real, sets, report, cache, run_id=run_id, tracking=tracking, log=log, t0=t0,
+                         cache_endpoint=endpoint or s3_endpoint(cfg.data.s3_endpoint))
 
 
 def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | None = None,
-                  tracking: str | None = None, log=print, t0: float | None = None) -> dict:
+                  tracking: str | None = None, log=print, t0: float | None = None, cache_endpoint: str = "") -> dict:
     """Evaluate loaded ``VolumeSet``s (``crfgan.metrics.sets``) against ``real``; writes the report folder."""
     from crfgan.metrics import compute
     from crfgan.metrics.features import to_bytes
@@ -115,7 +125,7 @@ def evaluate_sets(cfg, real, sets: list, report: str, cache: str, run_id: str | 
                              "evaluate sets of one size")
     train = real.train if real.train is not None and len(real.train) >= 2 else real.volumes
     ext, _ = get_extractor(lambda: train[: cfg.eval.ssl_max_volumes], real.data_hash, ssl_params(cfg), cache, log=log,
-                           max_volumes=cfg.eval.ssl_max_volumes)
+                           max_volumes=cfg.eval.ssl_max_volumes, endpoint=cache_endpoint)
     if cfg.model.image_size != s:
         cfg.model.image_size = s  # the sets decide the size; seam geometry follows from S
         cfg.model.embedding_size = 0

@@ -66,7 +66,7 @@ def quality_state(cfg, data_uri: str, manifest: dict, storage: str, log=print) -
     if cfg.eval.quick_volumes == 0:
         return None
     from crfgan.metrics.quick import get_extractor, quick_state, ssl_params
-    from pipelines.tracking import manifest_hash
+    from crfgan.shards import manifest_hash
 
     def volumes() -> np.ndarray:
         return real_volumes(cfg, data_uri, cfg.eval.ssl_max_volumes,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import warnings
+from pathlib import Path
 
 # Ray-internal log lines that mean nothing to a user of a local Ray started here (no dashboard), silenced in every
 # worker process by ``quiet_worker_logs``. Each entry says why; nothing else is filtered.
@@ -26,6 +27,11 @@ QUIET_LOGGERS = {
 QUIET_WARNINGS = (
     r"`ExecutionOptions.exclude_resources` is deprecated",  # Ray Train's DataConfig sets it (Ray 2.60)
 )
+
+
+def storage_uri(path: str) -> str:
+    """Local paths become absolute (Ray Train needs that; trials and tasks run in other folders); URIs pass through."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def quiet_worker_logs() -> None:

@@ -34,6 +34,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from crfgan.shards import manifest_hash
+
 ALIAS = "candidate"
 # MLflow draws a progress bar for every artifact download, including the model files it fetches back while
 # registering a generator (a hundred redraws per training run); the user's own setting wins
@@ -94,16 +96,6 @@ def tracking_uri(cfg, storage: str) -> str:
     db = default_store(storage)
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
-
-
-# manifest keys that describe a preprocessing run, not the data: a re-preprocess of the same inputs keeps the hash
-# (and so every cache keyed by it: the SSL extractor, the real features)
-VOLATILE_MANIFEST_KEYS = ("elapsed_s", "staging_bytes", "staging_kept", "units_skipped")
-
-
-def manifest_hash(manifest: dict) -> str:
-    stable = {k: v for k, v in manifest.items() if k not in VOLATILE_MANIFEST_KEYS}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def git_commit(cwd: str | None = None) -> str:

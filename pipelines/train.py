@@ -28,9 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from crfgan.shards import manifest_hash
 from crfgan.storage import s3_endpoint
 from pipelines.args import add_config_arguments, check_output_folder, config_from_args
-from pipelines.runtime import ensure_ray
+from pipelines.runtime import ensure_ray, storage_uri
 
 
 EPOCH_MIN_ROWS = 256  # rows per Ray Data epoch of the train split (the item list repeats when it is shorter)
@@ -52,11 +53,6 @@ def _apply(cfg, args):
     if args.storage:
         cfg.train.storage_path = args.storage
     return cfg
-
-
-def storage_uri(path: str) -> str:
-    """Local paths become absolute (Ray Train needs that); URIs pass through."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def torch_backend(cfg) -> str:
@@ -268,7 +264,7 @@ def register_checkpoint(uri: str, run_id: str, cfg, checkpoint_dir: str, manifes
     from pipelines import tracking
 
     state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
-    digest = tracking.manifest_hash(manifest)
+    digest = manifest_hash(manifest)
     meta = metadata_from_shards(cfg, data_uri, manifest, digest, cfg.data.s3_endpoint)
     with tempfile.TemporaryDirectory() as tmp:
         g = load_generator(checkpoint_dir)

@@ -33,7 +33,7 @@ import yaml
 
 from pipelines.args import add_config_arguments
 from pipelines.runtime import ensure_ray
-from pipelines.train import storage_uri
+from pipelines.runtime import storage_uri
 
 SPEC_FILE = "sweep.json"
 

@@ -59,7 +59,7 @@ def _hash_arrays(vols: np.ndarray) -> str:
 
 def load_shards(uri: str, name: str, endpoint: str = "", max_volumes: int = 0) -> VolumeSet:
     from crfgan.config import config_from_dict
-    from crfgan.shards import read_manifest, read_volumes
+    from crfgan.shards import manifest_hash, read_manifest, read_volumes
 
     manifest = read_manifest(uri, endpoint)
     cfg = config_from_dict(manifest["config"]) if "config" in manifest else None
@@ -72,7 +72,7 @@ def load_shards(uri: str, name: str, endpoint: str = "", max_volumes: int = 0) -
             train.append(row["volume"])
     if not vols:
         raise ValueError(f"{uri}: the shard dataset holds no volumes")
-    mhash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    mhash = manifest_hash(manifest)  # the key crfgan train caches its extractor under
     window = tuple(cfg.data.ct_window) if cfg else (-1024.0, 600.0)
     # a mixed CT+MRI set is not in HU: "mixed" keeps every metric on the model scale (and says so in the report)
     modality = modalities.pop() if len(modalities) == 1 else "mixed"

@@ -152,3 +152,27 @@ def test_config_defaults_to_the_real_shards_own(tmp_path):
     assert got.model.image_size == 32 and got.data.spacing_mm == 3 and got.eval.score_volumes == 4
     assert default_config(str(shards), "ct64", []).model.image_size == 64  # an explicit --config wins
     assert default_config(str(tmp_path), None, []).model.image_size == 64  # a NIfTI folder: ct64, resized to the set
+
+
+def test_evaluate_reuses_the_extractor_crfgan_train_cached(ray_local, tiny_shards, tmp_path, capsys):  # noqa: F811
+    """``crfgan train`` caches the SSL extractor under ``<train.storage_path>/quality`` by the manifest's hash;
+    ``crfgan evaluate`` with the same storage path and no ``--cache`` finds it there instead of training another."""
+    from crfgan.config import load_config
+    from crfgan.shards import read_manifest
+    from pipelines.cli import main as cli_main
+    from pipelines.quality import quality_state
+
+    storage = tmp_path / "runs"
+    cfg = load_config("tiny", ["eval.ssl_steps=5", "eval.quick_volumes=2", f"train.storage_path={storage}"])
+    lines: list[str] = []
+    state = quality_state(cfg, tiny_shards, read_manifest(tiny_shards), str(storage), log=lines.append)
+    assert state is not None and any("training the SSL extractor" in s for s in lines)
+    vols, hu_dir, _ = _write_sets(tmp_path, cfg)
+    capsys.readouterr()
+    rc = cli_main(["evaluate", "--real", tiny_shards, "--synthetic", str(hu_dir), "--report", str(tmp_path / "rep"),
+                   "--config", "tiny", "eval.ssl_steps=5", f"train.storage_path={storage}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "from the cache" in out and "training the SSL extractor" not in out, out
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["extractor"]["sha256"] == state["extractor_sha256"]  # the very extractor training uses
