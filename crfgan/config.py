@@ -224,120 +224,145 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def validate(self) -> Config:
-        """Check every field; a bad one raises ``ConfigError`` naming its key, the allowed values and the value."""
-        m = self.model
-        _check(m.arch in ("crfgan", "hagan"), "model.arch", f"must be crfgan or hagan, got {m.arch!r}")
-        _check(m.image_size in SIZES, "model.image_size", f"must be one of {SIZES}, got {m.image_size}")
-        _check(m.embedding_size >= 0, "model.embedding_size", f"must be >= 0 (0: S/4), got {m.embedding_size}")
-        _check(
-            m.emb_size in (m.image_size // 4, m.image_size // 8),
-            "model.embedding_size",
-            f"must be S/4={m.image_size // 4} or S/8={m.image_size // 8}, got {m.emb_size}",
-        )
-        _check(m.emb_size >= 4, "model.embedding_size", "must be at least 4 (G^A starts from a 4³ grid)")
-        _check(m.emb_slab_depth >= 1, "model.embedding_size", "leaves less than one embedding slice per sub-volume")
-        _check(m.base_channels >= 8, "model.base_channels", f"must be >= 8 (GroupNorm has 8 groups), got {m.base_channels}")
-        for key in ("latent_dim", "d_channels", "d_low_channels", "sub_encoder_channels"):
-            _positive(f"model.{key}", getattr(m, key))
-        _check(m.embedding_channels >= 0, "model.embedding_channels", f"must be >= 0 (0: 2 × base_channels), "
-               f"got {m.embedding_channels}")
-        _check(m.crf.nodes in ("slabs", "channels"), "model.crf.nodes", f"must be slabs or channels, got {m.crf.nodes!r}")
-        _check(m.crf.iterations >= 0, "model.crf.iterations", f"must be >= 0, got {m.crf.iterations}")
-        _check(m.crf.num_nodes >= 0, "model.crf.num_nodes", f"must be >= 0 (0: the default count), got {m.crf.num_nodes}")
-        _check(m.crf.pairwise in ("sum", "mean"), "model.crf.pairwise", f"must be sum or mean, got {m.crf.pairwise!r}")
-        _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0, got {m.num_classes}")
-        _check(m.lambda_class >= 0, "model.lambda_class", f"must be >= 0, got {m.lambda_class}")
-        _check(not m.class_names or len(m.class_names) == m.num_classes, "model.class_names",
-               f"lists {len(m.class_names)} names but model.num_classes={m.num_classes}")
-        _check(len(set(m.class_names)) == len(m.class_names), "model.class_names", f"has duplicates: {m.class_names}")
-        n = crf_num_nodes(m)
-        if m.crf.nodes == "slabs":
-            _check(m.emb_size % n == 0, "model.crf.num_nodes", f"must divide the embedding depth {m.emb_size}, got {n}")
-        else:
-            _check(m.emb_channels % n == 0, "model.crf.num_nodes",
-                   f"must divide the embedding channels {m.emb_channels}, got {n}")
-
-        t = self.train
-        _check(t.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {t.amp!r}")
-        for key in ("batch_size", "iterations", "log_every", "checkpoint_every", "val_every", "keep_checkpoints",
-                    "num_workers", "cpus_per_worker", "crf_weight_decay_iters"):
-            _positive(f"train.{key}", getattr(t, key))
-        for key in ("lr_g", "lr_d", "lr_e", "lr_crf"):
-            _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
-        for key in ("beta1", "beta2"):
-            v = getattr(t, key)
-            _check(0.0 <= v < 1.0, f"train.{key}", f"must be in [0, 1), got {v}")
-        _fraction("train.crf_weight_start", t.crf_weight_start)
-        _check(t.instance_noise >= 0, "train.instance_noise", f"must be >= 0 (0: off), got {t.instance_noise}")
-        _positive("train.instance_noise_iters", t.instance_noise_iters)
-        _check(t.r1_gamma >= 0, "train.r1_gamma", f"must be >= 0 (0: off), got {t.r1_gamma}")
-        _positive("train.r1_every", t.r1_every)
-        _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0: off), got {t.ema_decay}")
-        g = self.model.d_minibatch_std
-        _check(g == 0 or (g >= 2 and t.batch_size % g == 0), "model.d_minibatch_std",
-               f"must be 0 (off) or a group size >= 2 that divides train.batch_size={t.batch_size}, got {g}")
-        _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: unlimited), got {t.max_failures}")
-        _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
-        _check(bool(t.run_name.strip()) and "/" not in t.run_name, "train.run_name",
-               f"must be a non-empty name without '/', got {t.run_name!r}")
-        _check(bool(t.storage_path.strip()), "train.storage_path", "must not be empty")
-
-        sy = self.synth
-        _positive("synth.num_volumes", sy.num_volumes)
-        _check(sy.seed >= 0, "synth.seed", f"must be >= 0, got {sy.seed}")
-        _check(sy.norm_stats in ("global", "train", "slab"), "synth.norm_stats",
-               f"must be global, train or slab, got {sy.norm_stats!r}")
-        _check(sy.halo >= 0, "synth.halo", f"must be >= 0, got {sy.halo}")
-        _check(sy.slab_embedding_slices >= 0, "synth.slab_embedding_slices",
-               f"must be >= 0 (0: E/16), got {sy.slab_embedding_slices}")
-        _check(sy.gzip in ("isal", "zlib", "zlib-ng"), "synth.gzip", f"must be isal, zlib or zlib-ng, got {sy.gzip!r}")
-        _check(0 <= sy.gzip_level <= (3 if sy.gzip == "isal" else 9), "synth.gzip_level",
-               f"must be 0-3 for isal, 0-9 for zlib/zlib-ng, got {sy.gzip_level}")
-        _check(sy.actors >= 0 and sy.cpus_per_actor > 0 and 0 < sy.gpus_per_actor <= 1, "synth.actors",
-               "actors must be >= 0, cpus_per_actor > 0 and 0 < gpus_per_actor <= 1")
-
-        _positive("eval.num_volumes", self.eval.num_volumes)
-        _check(bool(self.mlflow.experiment), "mlflow.experiment", "must not be empty")
-        _check(bool(self.mlflow.registered_model), "mlflow.registered_model", "must not be empty")
-
-        d = self.data
-        _check(d.fit in ("crop_pad", "resize"), "data.fit", f"must be crop_pad or resize, got {d.fit!r}")
-        _check(d.modality in ("auto", "ct", "mri"), "data.modality", f"must be auto, ct or mri, got {d.modality!r}")
-        _check(d.spacing_mm >= 0, "data.spacing_mm", f"must be >= 0 (0 keeps the native spacing), got {d.spacing_mm}")
-        lo, hi = d.ct_window
-        _check(lo < hi, "data.ct_window", f"must be [low, high] with low < high, got {list(d.ct_window)}")
-        lo, hi = d.mri_percentiles
-        _check(0.0 <= lo < hi <= 100.0, "data.mri_percentiles",
-               f"must be [low, high] with 0 <= low < high <= 100, got {list(d.mri_percentiles)}")
-        _check(d.shard_target_mb > 0, "data.shard_target_mb", f"must be > 0, got {d.shard_target_mb}")
-        _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
-        _fraction("data.max_error_fraction", d.max_error_fraction)
-        _positive("data.max_voxels", d.max_voxels)
-        _check(d.task_retries >= 0, "data.task_retries", f"must be >= 0, got {d.task_retries}")
-        _check(d.min_slices >= 1, "data.min_slices", f"must be >= 1, got {d.min_slices}")
-        _check(d.min_extent_mm >= 0, "data.min_extent_mm", f"must be >= 0, got {d.min_extent_mm}")
-        lo, hi = d.spacing_range_mm
-        _check(0 < lo < hi, "data.spacing_range_mm", f"must be [low, high] with 0 < low < high, got "
-               f"{list(d.spacing_range_mm)}")
-
-        e = self.eval
-        _check(e.quick_volumes == 0 or e.quick_volumes >= 2, "eval.quick_volumes", "must be 0 (off) or >= 2")
-        _check(e.score_volumes == 0 or e.score_volumes >= 2, "eval.score_volumes", "must be 0 (off) or >= 2")
-        _check(e.ssl_steps >= 1 and e.ssl_batch >= 2 and e.ssl_width >= 1 and e.ssl_max_volumes >= 1, "eval.ssl_steps",
-               "ssl_steps, ssl_width and ssl_max_volumes must be >= 1 and ssl_batch >= 2")
-        _check(not e.med3d_weights or len(e.med3d_sha256) == 64, "eval.med3d_sha256",
-               "must be the 64-hex SHA-256 of eval.med3d_weights")
-        tu = self.tune
-        _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
-        _check(tu.search in ("random", "grid"), "tune.search", f"must be random or grid, got {tu.search!r}")
-        _check(tu.scheduler in ("asha", "fifo"), "tune.scheduler", f"must be asha or fifo, got {tu.scheduler!r}")
-        _check(tu.num_samples >= 1, "tune.num_samples", "must be >= 1")
-        _check(tu.max_concurrent_trials >= 0 and tu.grace_period >= 0, "tune.grace_period",
-               "grace_period and max_concurrent_trials must be >= 0")
-        _check(tu.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
-        _check(tu.driver_cpus >= 0, "tune.driver_cpus", "must be >= 0")
-        _check(bool(tu.metric), "tune.metric", "must not be empty")
+        """Check every field; a bad one raises ``ConfigError`` naming its key, the allowed values and the value.
+        One function per section (``_validate_model`` …), in the order of the file."""
+        _validate_model(self.model)
+        _validate_train(self.train, self.model)
+        _validate_synth(self.synth)
+        _validate_mlflow(self.mlflow)
+        _validate_data(self.data)
+        _validate_eval(self.eval)
+        _validate_tune(self.tune)
         return self
+
+
+def _validate_model(m: ModelConfig) -> None:
+    """model.*"""
+    _check(m.arch in ("crfgan", "hagan"), "model.arch", f"must be crfgan or hagan, got {m.arch!r}")
+    _check(m.image_size in SIZES, "model.image_size", f"must be one of {SIZES}, got {m.image_size}")
+    _check(m.embedding_size >= 0, "model.embedding_size", f"must be >= 0 (0: S/4), got {m.embedding_size}")
+    _check(
+        m.emb_size in (m.image_size // 4, m.image_size // 8),
+        "model.embedding_size",
+        f"must be S/4={m.image_size // 4} or S/8={m.image_size // 8}, got {m.emb_size}",
+    )
+    _check(m.emb_size >= 4, "model.embedding_size", "must be at least 4 (G^A starts from a 4³ grid)")
+    _check(m.emb_slab_depth >= 1, "model.embedding_size", "leaves less than one embedding slice per sub-volume")
+    _check(m.base_channels >= 8, "model.base_channels", f"must be >= 8 (GroupNorm has 8 groups), got {m.base_channels}")
+    for key in ("latent_dim", "d_channels", "d_low_channels", "sub_encoder_channels"):
+        _positive(f"model.{key}", getattr(m, key))
+    _check(m.embedding_channels >= 0, "model.embedding_channels", f"must be >= 0 (0: 2 × base_channels), "
+           f"got {m.embedding_channels}")
+    _check(m.crf.nodes in ("slabs", "channels"), "model.crf.nodes", f"must be slabs or channels, got {m.crf.nodes!r}")
+    _check(m.crf.iterations >= 0, "model.crf.iterations", f"must be >= 0, got {m.crf.iterations}")
+    _check(m.crf.num_nodes >= 0, "model.crf.num_nodes", f"must be >= 0 (0: the default count), got {m.crf.num_nodes}")
+    _check(m.crf.pairwise in ("sum", "mean"), "model.crf.pairwise", f"must be sum or mean, got {m.crf.pairwise!r}")
+    _check(m.num_classes >= 0, "model.num_classes", f"must be >= 0, got {m.num_classes}")
+    _check(m.lambda_class >= 0, "model.lambda_class", f"must be >= 0, got {m.lambda_class}")
+    _check(not m.class_names or len(m.class_names) == m.num_classes, "model.class_names",
+           f"lists {len(m.class_names)} names but model.num_classes={m.num_classes}")
+    _check(len(set(m.class_names)) == len(m.class_names), "model.class_names", f"has duplicates: {m.class_names}")
+    n = crf_num_nodes(m)
+    if m.crf.nodes == "slabs":
+        _check(m.emb_size % n == 0, "model.crf.num_nodes", f"must divide the embedding depth {m.emb_size}, got {n}")
+    else:
+        _check(m.emb_channels % n == 0, "model.crf.num_nodes",
+               f"must divide the embedding channels {m.emb_channels}, got {n}")
+
+
+def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
+    """train.* (and model.d_minibatch_std, which must divide the batch)"""
+    _check(t.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {t.amp!r}")
+    for key in ("batch_size", "iterations", "log_every", "checkpoint_every", "val_every", "keep_checkpoints",
+                "num_workers", "cpus_per_worker", "crf_weight_decay_iters"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("lr_g", "lr_d", "lr_e", "lr_crf"):
+        _check(getattr(t, key) > 0, f"train.{key}", f"must be > 0, got {getattr(t, key)}")
+    for key in ("beta1", "beta2"):
+        v = getattr(t, key)
+        _check(0.0 <= v < 1.0, f"train.{key}", f"must be in [0, 1), got {v}")
+    _fraction("train.crf_weight_start", t.crf_weight_start)
+    _check(t.instance_noise >= 0, "train.instance_noise", f"must be >= 0 (0: off), got {t.instance_noise}")
+    _positive("train.instance_noise_iters", t.instance_noise_iters)
+    _check(t.r1_gamma >= 0, "train.r1_gamma", f"must be >= 0 (0: off), got {t.r1_gamma}")
+    _positive("train.r1_every", t.r1_every)
+    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0: off), got {t.ema_decay}")
+    g = m.d_minibatch_std
+    _check(g == 0 or (g >= 2 and t.batch_size % g == 0), "model.d_minibatch_std",
+           f"must be 0 (off) or a group size >= 2 that divides train.batch_size={t.batch_size}, got {g}")
+    _check(t.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1: unlimited), got {t.max_failures}")
+    _check(t.seed >= 0, "train.seed", f"must be >= 0, got {t.seed}")
+    _check(bool(t.run_name.strip()) and "/" not in t.run_name, "train.run_name",
+           f"must be a non-empty name without '/', got {t.run_name!r}")
+    _check(bool(t.storage_path.strip()), "train.storage_path", "must not be empty")
+
+
+def _validate_synth(sy: SynthConfig) -> None:
+    """synth.*"""
+    _positive("synth.num_volumes", sy.num_volumes)
+    _check(sy.seed >= 0, "synth.seed", f"must be >= 0, got {sy.seed}")
+    _check(sy.norm_stats in ("global", "train", "slab"), "synth.norm_stats",
+           f"must be global, train or slab, got {sy.norm_stats!r}")
+    _check(sy.halo >= 0, "synth.halo", f"must be >= 0, got {sy.halo}")
+    _check(sy.slab_embedding_slices >= 0, "synth.slab_embedding_slices",
+           f"must be >= 0 (0: E/16), got {sy.slab_embedding_slices}")
+    _check(sy.gzip in ("isal", "zlib", "zlib-ng"), "synth.gzip", f"must be isal, zlib or zlib-ng, got {sy.gzip!r}")
+    _check(0 <= sy.gzip_level <= (3 if sy.gzip == "isal" else 9), "synth.gzip_level",
+           f"must be 0-3 for isal, 0-9 for zlib/zlib-ng, got {sy.gzip_level}")
+    _check(sy.actors >= 0 and sy.cpus_per_actor > 0 and 0 < sy.gpus_per_actor <= 1, "synth.actors",
+           "actors must be >= 0, cpus_per_actor > 0 and 0 < gpus_per_actor <= 1")
+
+
+def _validate_mlflow(mf: MlflowConfig) -> None:
+    """mlflow.*"""
+    _check(bool(mf.experiment), "mlflow.experiment", "must not be empty")
+    _check(bool(mf.registered_model), "mlflow.registered_model", "must not be empty")
+
+
+def _validate_data(d: DataConfig) -> None:
+    """data.*"""
+    _check(d.fit in ("crop_pad", "resize"), "data.fit", f"must be crop_pad or resize, got {d.fit!r}")
+    _check(d.modality in ("auto", "ct", "mri"), "data.modality", f"must be auto, ct or mri, got {d.modality!r}")
+    _check(d.spacing_mm >= 0, "data.spacing_mm", f"must be >= 0 (0 keeps the native spacing), got {d.spacing_mm}")
+    lo, hi = d.ct_window
+    _check(lo < hi, "data.ct_window", f"must be [low, high] with low < high, got {list(d.ct_window)}")
+    lo, hi = d.mri_percentiles
+    _check(0.0 <= lo < hi <= 100.0, "data.mri_percentiles",
+           f"must be [low, high] with 0 <= low < high <= 100, got {list(d.mri_percentiles)}")
+    _check(d.shard_target_mb > 0, "data.shard_target_mb", f"must be > 0, got {d.shard_target_mb}")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+    _fraction("data.max_error_fraction", d.max_error_fraction)
+    _positive("data.max_voxels", d.max_voxels)
+    _check(d.task_retries >= 0, "data.task_retries", f"must be >= 0, got {d.task_retries}")
+    _check(d.min_slices >= 1, "data.min_slices", f"must be >= 1, got {d.min_slices}")
+    _check(d.min_extent_mm >= 0, "data.min_extent_mm", f"must be >= 0, got {d.min_extent_mm}")
+    lo, hi = d.spacing_range_mm
+    _check(0 < lo < hi, "data.spacing_range_mm", f"must be [low, high] with 0 < low < high, got "
+           f"{list(d.spacing_range_mm)}")
+
+
+def _validate_eval(e: EvalConfig) -> None:
+    """eval.*"""
+    _positive("eval.num_volumes", e.num_volumes)
+    _check(e.quick_volumes == 0 or e.quick_volumes >= 2, "eval.quick_volumes", "must be 0 (off) or >= 2")
+    _check(e.score_volumes == 0 or e.score_volumes >= 2, "eval.score_volumes", "must be 0 (off) or >= 2")
+    _check(e.ssl_steps >= 1 and e.ssl_batch >= 2 and e.ssl_width >= 1 and e.ssl_max_volumes >= 1, "eval.ssl_steps",
+           "ssl_steps, ssl_width and ssl_max_volumes must be >= 1 and ssl_batch >= 2")
+    _check(not e.med3d_weights or len(e.med3d_sha256) == 64, "eval.med3d_sha256",
+           "must be the 64-hex SHA-256 of eval.med3d_weights")
+
+
+def _validate_tune(tu: TuneConfig) -> None:
+    """tune.*"""
+    _check(tu.mode in ("min", "max"), "tune.mode", f"must be min or max, got {tu.mode!r}")
+    _check(tu.search in ("random", "grid"), "tune.search", f"must be random or grid, got {tu.search!r}")
+    _check(tu.scheduler in ("asha", "fifo"), "tune.scheduler", f"must be asha or fifo, got {tu.scheduler!r}")
+    _check(tu.num_samples >= 1, "tune.num_samples", "must be >= 1")
+    _check(tu.max_concurrent_trials >= 0 and tu.grace_period >= 0, "tune.grace_period",
+           "grace_period and max_concurrent_trials must be >= 0")
+    _check(tu.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+    _check(tu.driver_cpus >= 0, "tune.driver_cpus", "must be >= 0")
+    _check(bool(tu.metric), "tune.metric", "must not be empty")
 
 
 def crf_num_nodes(m: ModelConfig) -> int:
@@ -428,7 +453,9 @@ def _coerce(value, t, key: str):
     return value
 
 
-def _set(cfg: Config, key: str, value, raw: str | None = None) -> None:
+def set_key(cfg: Config, key: str, value, raw: str | None = None) -> None:
+    """Set one dotted key (``train.lr_g``) on ``cfg``, coerced to the field's type; an unknown key or a value of the
+    wrong type raises ``ConfigError``. The override API every loader and Tune's search space use (validate after)."""
     parts = key.split(".")
     node = cfg
     for p in parts[:-1]:
@@ -445,7 +472,7 @@ def _set(cfg: Config, key: str, value, raw: str | None = None) -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(t)[0].name}=…")
         for k, v in value.items():
-            _set(cfg, f"{key}.{k}", v)
+            set_key(cfg, f"{key}.{k}", v)
         return
     setattr(node, last, _coerce(value, t, key))
 
@@ -456,7 +483,7 @@ def _apply_mapping(cfg: Config, mapping: dict, prefix: str = "") -> None:
         if isinstance(v, dict):
             _apply_mapping(cfg, v, key + ".")
         else:
-            _set(cfg, key, v)
+            set_key(cfg, key, v)
 
 
 def preset_names() -> list[str]:
@@ -501,17 +528,23 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
     return apply_overrides(cfg, overrides)
 
 
+def parse_override(item: str) -> tuple[str, typing.Any, str]:
+    """``key=value`` → (key, the value read as YAML (the text itself when it is not YAML), the raw text)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. model.crf.iterations=5)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value, raw
+
+
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str] = ()) -> Config:
-    """``key=value`` overrides (YAML values) applied to ``cfg`` in place; returns it validated."""
+    """``key=value`` overrides (``parse_override``) applied to ``cfg`` in place; returns it validated."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. model.crf.iterations=5)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        _set(cfg, key.strip(), value, raw=raw)
+        key, value, raw = parse_override(item)
+        set_key(cfg, key, value, raw=raw)
     return cfg.validate()
 
 

@@ -29,7 +29,6 @@ import os
 import sys
 import time
 
-import yaml
 
 from pipelines.args import add_config_arguments
 from pipelines.runtime import ensure_ray
@@ -220,20 +219,13 @@ def _tuner(spec: dict, space, cfg, resources: dict):
 def new_sweep(args) -> dict:
     import pyarrow.fs as pafs
 
-    from crfgan.config import load_config
+    from crfgan.config import load_config, parse_override
     from crfgan.shards import read_manifest
     from pipelines.tune_space import load_space
 
     if not (args.data and args.space):
         raise FileNotFoundError("--data and --space are required (or --resume SWEEP)")
-    overrides = {}
-    for item in args.overrides:
-        if "=" not in item:
-            from crfgan.config import ConfigError
-
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. model.crf.iterations=5)")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    overrides = dict(parse_override(item)[:2] for item in args.overrides)
     space, cfg = load_space(args.space, load_config(args.config), overrides)  # every check, before Ray starts
     read_manifest(args.data, cfg.data.s3_endpoint)  # the shards exist
     storage = storage_uri(args.storage or cfg.train.storage_path)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from crfgan.config import Config, ConfigError, _set
+from crfgan.config import Config, ConfigError, set_key
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("metric", "mode", "fixed", "space")
@@ -66,7 +66,7 @@ def apply(cfg: Config, values: dict, path=None) -> Config:
     out = copy.deepcopy(cfg)
     try:
         for k, v in values.items():
-            _set(out, str(k), v)
+            set_key(out, str(k), v)
         return out.validate()
     except ConfigError as e:
         raise (_err(path, str(e)) if path else e) from None

@@ -159,3 +159,24 @@ def test_preset_name_wins_over_a_folder_or_file_of_that_name(tmp_path, monkeypat
     assert load_config("mine.yml").model.image_size == 64
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("missing.yaml")
+
+
+def test_parse_override_is_the_one_reader_of_key_value():
+    from crfgan.config import ConfigError, parse_override
+
+    assert parse_override(" train.lr_g =0.0002") == ("train.lr_g", 0.0002, "0.0002")
+    assert parse_override("model.crf.nodes=slabs") == ("model.crf.nodes", "slabs", "slabs")
+    assert parse_override("train.run_name=") == ("train.run_name", "", "")
+    assert parse_override("train.run_name=[oops")[1] == "[oops"  # not YAML: the text itself (set_key then checks it)
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        parse_override("train.lr_g")
+
+
+def test_validate_checks_every_section():
+    """One failing key per section (each section has its own function): each is named in the error."""
+    from crfgan.config import ConfigError, load_config
+
+    for override in ("model.arch=x", "train.amp=x", "synth.gzip=x", "mlflow.experiment=", "data.fit=x",
+                     "eval.quick_volumes=1", "tune.mode=x"):
+        with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+            load_config("tiny", [override])
