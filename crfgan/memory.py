@@ -38,3 +38,12 @@ def peak_rss_bytes(platform: str | None = None, maxrss: int | None = None) -> in
     platform = sys.platform if platform is None else platform
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if maxrss is None else maxrss
     return int(maxrss) if platform == "darwin" else int(maxrss) * 1024
+
+
+def peak_memory_mb(device=None) -> float:
+    """This process's peak memory in MiB: the CUDA allocator's peak on a CUDA ``device``, else the peak RSS."""
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_bytes() / 2**20

@@ -91,7 +91,7 @@ def train_and_render(cfg_dict: dict, volumes: np.ndarray, out_dir: str, n: int, 
 
     from crfgan.config import config_from_dict
     from crfgan.io import write_nifti
-    from crfgan.memory import peak_rss_bytes
+    from crfgan.memory import peak_memory_mb
     from crfgan.storage import atomic_local_path
     from crfgan.trainer import train_local
 
@@ -106,7 +106,7 @@ def train_and_render(cfg_dict: dict, volumes: np.ndarray, out_dir: str, n: int, 
     with open(log_path, "a") as lf:
         res = train_local(cfg, volumes, out_dir=Path(out_dir) / "run", device=dev,
                           log=lambda s: (lf.write(s + "\n"), lf.flush()))
-    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else peak_rss_bytes()
+    peak = peak_memory_mb(torch.device(dev))
     g = res.nets.eval_generator().eval()
     sy = cfg.synth
     vols = []
@@ -121,7 +121,7 @@ def train_and_render(cfg_dict: dict, volumes: np.ndarray, out_dir: str, n: int, 
     trained = res.iterations - res.start_iteration
     info = {"seconds": res.seconds, "iterations": res.iterations,
             "s_per_iteration": res.seconds / trained if trained > 0 else float("nan"),
-            "peak_memory_mb": peak / 2**20, "peak_memory_kind": "cuda allocated" if dev == "cuda" else "process RSS",
+            "peak_memory_mb": peak, "peak_memory_kind": "cuda allocated" if dev == "cuda" else "process RSS",
             "ema": cfg.train.ema_decay > 0, "last": res.history[-1] if res.history else {}}
     with atomic_local_path(Path(out_dir) / "result.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2, default=float))

@@ -45,7 +45,7 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 from crfgan import loop
-from crfgan.memory import peak_rss_bytes
+from crfgan.memory import peak_memory_mb
 from crfgan.storage import write_text_atomic
 from crfgan.checkpoint import save_checkpoint
 from crfgan.config import Config, config_from_dict
@@ -56,13 +56,6 @@ VAL_MAX_VOLUMES = 8  # validation streams at most this many val volumes (a cheap
 
 def _dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this worker: CUDA allocator peak on a GPU, else the process's max RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_bytes() / 2**20
 
 
 def endless_batches(shard, batch_size: int, seed: int, rank: int, labels: bool = False):

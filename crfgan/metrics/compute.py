@@ -32,18 +32,8 @@ def chunk_stats(vols, ext=None, train=None, leave_one_out: bool = False) -> dict
     if ext is not None:
         out["features"] = extract(ext, v)
     if train is not None and len(train) >= 1:
-        out["nn"] = nn_leave_one_out(v, train) if leave_one_out else P.nn_distance(v, train)
+        out["nn"] = P.nn_distance(v, train, exclude_identical=leave_one_out)
     return out
-
-
-def nn_leave_one_out(vols, train) -> np.ndarray:
-    """Nearest *other* training volume for real volumes that are themselves in ``train`` (distance 0 = itself)."""
-    v = np.asarray(vols, np.float64).reshape(len(vols), -1)
-    t = np.asarray(train, np.float64).reshape(len(train), -1)
-    d = (v * v).sum(1)[:, None] + (t * t).sum(1)[None, :] - 2 * v @ t.T
-    d = np.sqrt(np.clip(d, 0, None) / v.shape[1])
-    d[d < 1e-6] = np.inf  # the volume itself (or a byte-identical copy)
-    return d.min(axis=1)
 
 
 def merge(chunks: list[dict]) -> dict:

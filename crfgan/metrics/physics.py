@@ -169,8 +169,10 @@ def diversity_ratio(ms_synthetic: float, ms_real: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ memorisation
-def nn_distance(volumes, train, exclude_self: bool = False) -> np.ndarray:
-    """RMSE of each volume to its nearest volume in ``train`` (``exclude_self``: leave-one-out within one set)."""
+def nn_distance(volumes, train, exclude_self: bool = False, exclude_identical: bool = False) -> np.ndarray:
+    """RMSE of each volume to its nearest volume in ``train``. Leave-one-out: ``exclude_self`` when ``volumes`` is
+    ``train`` (the diagonal is skipped); ``exclude_identical`` when the volumes are somewhere in ``train`` (a training
+    volume at distance < 1e-6, the volume itself or a byte-identical copy, is skipped)."""
     v = _vols(volumes).reshape(len(_vols(volumes)), -1).astype(np.float64)
     t = _vols(train).reshape(len(_vols(train)), -1).astype(np.float64)
     d = (v * v).sum(1)[:, None] + (t * t).sum(1)[None, :] - 2 * v @ t.T
@@ -179,4 +181,6 @@ def nn_distance(volumes, train, exclude_self: bool = False) -> np.ndarray:
         if len(t) < 2:
             raise ValueError("leave-one-out nearest-neighbour distance needs at least 2 volumes")
         np.fill_diagonal(d, np.inf)
+    if exclude_identical:
+        d[d < 1e-6] = np.inf
     return d.min(axis=1)

@@ -82,3 +82,8 @@ def test_nn_distance_memorisation(real32):
     assert np.all(loo > 0)
     d = [float(P.nn_distance(_noise(train[:1], s), train)[0]) for s in (0.01, 0.05, 0.2)]
     assert d == sorted(d) and d[0] > 0
+    # volumes that sit somewhere in train (evaluate's real set against its train split): each skips itself only,
+    # so the distance is the one to its nearest *other* training volume, as exclude_self gives for train itself
+    sub = P.nn_distance(train[[2, 0]], train, exclude_identical=True)
+    full = P.nn_distance(train, train, exclude_self=True)
+    assert np.allclose(sub, full[[2, 0]]) and np.all(sub > 0)
