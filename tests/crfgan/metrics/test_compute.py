@@ -18,10 +18,11 @@ def _smooth(n=4, s=32, seed=0, scale=0.3):
 
 
 def test_nn_leave_one_out_matches_brute_force_and_skips_copies():
+    """evaluate's real chunks (``leave_one_out``): each volume's nearest training volume other than itself."""
     rng = np.random.default_rng(0)
     t = rng.uniform(-1, 1, (5, 8, 8, 8)).astype(np.float32)
     t[4] = t[1]  # a byte-identical copy: not a neighbour either
-    d = C.nn_leave_one_out(t[:3], t)
+    d = C.chunk_stats(t[:3], train=t, leave_one_out=True)["nn"]
     for i in range(3):
         rmse = [np.sqrt(np.mean((t[i].astype(np.float64) - t[j]) ** 2)) for j in range(5)]
         others = [r for r in rmse if r > 1e-6]
