@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from crfgan.shards import manifest_hash
 from crfgan.storage import s3_endpoint
 from pipelines.args import add_config_arguments, check_output_folder, config_from_args
 from pipelines.runtime import ensure_ray, storage_uri
@@ -260,6 +259,7 @@ def register_checkpoint(uri: str, run_id: str, cfg, checkpoint_dir: str, manifes
     import json
 
     from crfgan.checkpoint import load_generator, save_generator
+    from crfgan.shards import manifest_hash
     from crfgan.synth import metadata_from_shards
     from pipelines import tracking
 
