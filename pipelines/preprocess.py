@@ -215,7 +215,7 @@ def run(inputs: list[str], output: str, cfg) -> dict:
     from pipelines import cluster, sources
     from pipelines.runtime import ensure_ray
 
-    sources.check_inputs(inputs)  # a bad phantom:// query or a missing local input fails here, before Ray starts
+    sources.check_inputs(inputs, cfg)  # a bad phantom:// query or a missing local input fails here, before Ray starts
     check_output_folder(output, "--output")
     # a relative output means the caller's working directory, not that of a Ray worker
     output = output if "://" in output else os.path.abspath(output)

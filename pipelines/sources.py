@@ -43,16 +43,29 @@ class InputError(ValueError):
     """An input URI that cannot be used at all (a bad ``phantom://`` query); raised before any work starts."""
 
 
-def check_inputs(inputs: list[str]) -> None:
-    """Raise ``InputError`` for an input that is malformed on its face (cheap, no listing; run before Ray starts)."""
+def check_inputs(inputs: list[str], cfg=None) -> None:
+    """Raise ``InputError`` for an input that is malformed on its face (cheap, no listing; run before Ray starts).
+    With ``cfg``: a ``phantom://`` set whose field of view (size × spacing) is under half or over twice the config's
+    cube (``model.image_size`` × ``data.spacing_mm``, with ``data.fit=crop_pad``) is refused: resampled to the
+    config's spacing it would be a small blob in air, or cut off."""
     from crfgan.phantom import PhantomURIError, parse_uri
 
     for uri in inputs:
         if uri.startswith("phantom://"):
             try:
-                parse_uri(uri)
+                q = parse_uri(uri)
             except PhantomURIError as e:
                 raise InputError(f"input {e}") from None
+            sp = cfg.data.spacing_mm if cfg is not None and cfg.data.fit == "crop_pad" else 0
+            if sp > 0:
+                fov, cube = q["size"] * q["spacing_mm"], cfg.model.image_size * sp
+                if not 0.5 <= fov / cube <= 2.0:
+                    raise InputError(
+                        f"input {uri!r}: {q['size']} voxels at {q['spacing_mm']:g} mm span {fov:g} mm, but the "
+                        f"config's cube is {cfg.model.image_size} voxels at data.spacing_mm={sp:g} ({cube:g} mm): "
+                        f"resampled, the phantom would fill {100 * min(fov / cube, 1):.0f} % of the cube's edge"
+                        f"{'' if fov < cube else ' and be cut off'}; add &spacing={cube / q['size']:g} to the URI "
+                        "(or set data.spacing_mm=0 to keep the phantom's own spacing)")
         elif "://" not in uri:  # a local path or glob: listed here already costs nothing
             if not (glob.glob(uri, recursive=True) if glob.has_magic(uri) else os.path.exists(uri)):
                 raise InputError(f"input {uri!r} matches no file or folder")

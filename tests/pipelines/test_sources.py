@@ -184,6 +184,33 @@ def test_bad_phantom_query_is_an_error_before_ray_starts(uri, message, monkeypat
     assert rc == 2 and message in err and uri in err
 
 
+def test_phantom_field_of_view_must_fit_the_config_cube(monkeypatch, capsys):
+    """At the default 1 mm a 64-voxel phantom spans 64 mm; ct64's cube is 64 × 6 mm: it would be resampled into an
+    11-voxel blob in air. Refused before Ray, with the spacing that fits; the fitting URI passes."""
+    import argparse
+
+    from crfgan.config import load_config
+    from pipelines import preprocess, runtime
+    from pipelines.sources import InputError, check_inputs
+
+    def no_ray():
+        raise AssertionError("Ray was started for a phantom that does not fit the cube")
+
+    monkeypatch.setattr(runtime, "ensure_ray", no_ray)
+    p = argparse.ArgumentParser()
+    preprocess.add_arguments(p)
+    rc = preprocess.main(p.parse_args(["--input", "phantom://4?size=64&seed=0", "--output", "/nonexistent/out",
+                                       "--config", "ct64"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and "phantom://4?size=64&seed=0" in err and "&spacing=6" in err and "17 %" in err
+    cfg = load_config("ct64")
+    check_inputs(["phantom://4?size=64&seed=0&spacing=6", "phantom://4?size=32&seed=0&spacing=12"], cfg)
+    with pytest.raises(InputError, match="cut off"):
+        check_inputs(["phantom://4?size=64&seed=0&spacing=20"], cfg)
+    check_inputs(["phantom://4?size=64&seed=0"], load_config("ct64", ["data.spacing_mm=0"]))  # own spacing: fine
+    check_inputs(["phantom://4?size=64&seed=0"], load_config("ct64", ["data.fit=resize"]))  # resized to the cube
+
+
 def test_preprocess_phantoms_into_shards_with_a_factor_sidecar(tmp_path, ray_local):
     import argparse
     import json
