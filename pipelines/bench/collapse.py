@@ -152,10 +152,12 @@ def train_and_score(args) -> dict:
     second = phantom_set(args.held_out, args.held_out_seed + 1, cfg)
     scorer = Scorer(held, second, cfg)
     setup_s = time.perf_counter() - t_start
+    spacing = cfg.data.spacing_mm or 1.0  # phantom_set's: the URIs say what crfgan preprocess would be given
+    sp = "" if spacing == 1.0 else f"&spacing={spacing:g}"
     res = {"name": args.name or cfg.name, "config": args.config, "overrides": over, "iterations_target": iterations,
            "budget_s": args.budget_s, "threads": args.threads,
-           "data": args.shards or f"phantom://{args.train}?size={cfg.model.image_size}&seed={args.train_seed}",
-           "held_out": f"phantom://{args.held_out}?size={cfg.model.image_size}&seed={args.held_out_seed} "
+           "data": args.shards or f"phantom://{args.train}?size={cfg.model.image_size}&seed={args.train_seed}{sp}",
+           "held_out": f"phantom://{args.held_out}?size={cfg.model.image_size}&seed={args.held_out_seed}{sp} "
                        f"(floor: seed {args.held_out_seed + 1})",
            "n_train": int(len(vols)), "floor": {k: float(v) for k, v in scorer.floor.items()
                                                if isinstance(v, (int, float))},

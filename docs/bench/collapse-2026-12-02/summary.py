@@ -1,5 +1,7 @@
 """Print one line per collapse run (the *.json beside this file) and its curve: python3 summary.py"""
-import glob, json, os
+import glob
+import json
+import os
 for f in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.json"))):
     r = json.load(open(f))
     if r.get("name") == "ct64" and r["iterations_target"] == 20:

@@ -42,6 +42,7 @@ def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
             "noise_sigma", "cpu_s"} <= set(last)
     assert doc["floor"]["quality_score"] > 0 and isinstance(doc["out_of_collapse"], bool)
     assert "train.ema_decay=0.9" in doc["overrides"]
+    assert doc["data"] == "phantom://3?size=32&seed=0"  # tiny keeps the phantoms' own 1 mm: no spacing in the URI
     assert "q/floor" in capsys.readouterr().out
     from PIL import Image
 
