@@ -215,19 +215,19 @@ def main(args: argparse.Namespace) -> int:
     if unknown or len(seeds) < 1:
         print(f"compare: unknown variants {unknown} (known: {', '.join(VARIANTS)}) or no seeds", file=sys.stderr)
         return 2
+    if args.augment and args.real:
+        print("compare: --augment draws its own real reference; leave out --real or --augment", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     ep = base.data.s3_endpoint
     shards = load_shards(args.data, "real", ep)
     train = shards.train if shards.train is not None else shards.volumes
     s = base.model.image_size
     held = {k: load_shards(u, k, ep) for k, u in (("real", args.real), (FLOOR, args.floor)) if u}
-    for name, st in [(args.data, shards), *[(u, held[k]) for k, u in (("real", args.real), (FLOOR, args.floor)) if u]]:
+    for st in (shards, *held.values()):
         if st.volumes.shape[1] != s:
-            print(f"compare: {name} holds {st.volumes.shape[1]}³ volumes but model.image_size={s}", file=sys.stderr)
+            print(f"compare: {st.uri} holds {st.volumes.shape[1]}³ volumes but model.image_size={s}", file=sys.stderr)
             return 2
-    if args.augment and args.real:
-        print("compare: --augment draws its own real reference; leave out --real or --augment", file=sys.stderr)
-        return 2
     if args.augment:
         train_vols = augment(train, args.augment, seed=12345)
         real = augment(train, args.volumes, seed=54321)
@@ -259,8 +259,9 @@ def main(args: argparse.Namespace) -> int:
               flush=True)
 
     if args.real:
+        # the extractor trains on train_vols (from --data): the cache key names both datasets
         real_set = VolumeSet("real", args.real, real, held["real"].modality, held["real"].ct_window,
-                             held["real"].data_hash, train_vols)
+                             f"{shards.data_hash}+{held['real'].data_hash}", train_vols)
     else:
         real_set = VolumeSet("real", f"{args.data} ({'augmented' if args.augment else 'as is'})", real, shards.modality,
                              shards.ct_window, shards.data_hash + (f"-aug{args.augment}" if args.augment else ""),

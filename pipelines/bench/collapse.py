@@ -69,8 +69,13 @@ def phantom_set(n: int, seed: int, cfg) -> np.ndarray:
     from crfgan.volume import prepare_volume
 
     s = cfg.model.image_size
-    sp = cfg.data.spacing_mm or 1.0
+    sp = phantom_spacing(cfg)
     return np.stack([prepare_volume(phantom_scan(volume_uri(i, s, seed, sp)), cfg) for i in range(n)]).astype(np.float32)
+
+
+def phantom_spacing(cfg) -> float:
+    """The phantoms' spacing: the config's, so a phantom fills the cube (1 mm when the config keeps native spacing)."""
+    return cfg.data.spacing_mm or 1.0
 
 
 def shard_set(uri: str, cfg) -> np.ndarray:
@@ -152,7 +157,7 @@ def train_and_score(args) -> dict:
     second = phantom_set(args.held_out, args.held_out_seed + 1, cfg)
     scorer = Scorer(held, second, cfg)
     setup_s = time.perf_counter() - t_start
-    spacing = cfg.data.spacing_mm or 1.0  # phantom_set's: the URIs say what crfgan preprocess would be given
+    spacing = phantom_spacing(cfg)  # the URIs say what crfgan preprocess would be given
     sp = "" if spacing == 1.0 else f"&spacing={spacing:g}"
     res = {"name": args.name or cfg.name, "config": args.config, "overrides": over, "iterations_target": iterations,
            "budget_s": args.budget_s, "threads": args.threads,
