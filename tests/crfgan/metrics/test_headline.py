@@ -26,6 +26,17 @@ def test_intensity_shift_finds_an_offset_in_hu():
     assert headline.intensity_shift(h, headline.log_histogram(v + 100 / 812)) == pytest.approx(100, abs=8)
 
 
+
+@pytest.mark.parametrize("mu,sd", [(0.0, 0.3), (0.0, 0.5), (-0.5, 0.3)])
+def test_intensity_shift_reads_offsets_on_a_broad_single_peak(mu, sd):
+    # one broad peak (a blurry generator's histogram, or MRI): an unnormalised correlation over the shrinking overlap
+    # read 0 here for every offset
+    v = np.clip(np.random.default_rng(0).normal(mu, sd, (4, 32, 32, 32)), -1, 1).astype(np.float32)
+    h = headline.log_histogram(v)
+    for hu in (25.0, 100.0, -25.0, -100.0):
+        got = headline.intensity_shift(h, headline.log_histogram(np.clip(v + hu / 812, -1, 1)))
+        assert got == pytest.approx(hu, abs=max(12.0, 0.12 * abs(hu)))
+
 @pytest.fixture(scope="module")
 def ct():
     from pathlib import Path
