@@ -42,6 +42,7 @@ Host synchronisation: none per iteration (on CUDA). Losses are returned as devic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -136,6 +137,161 @@ def real_sub_volume(real: torch.Tensor, start: int, cfg: Config) -> tuple[torch.
     return real[:, :, pos : pos + m.slab_depth], pos  # (B, 1, S/8, S, S)
 
 
+@dataclasses.dataclass
+class _Batch:
+    """What every sub-step of one iteration shares: the networks, the real batch and its sub-volume, the switches."""
+
+    nets: Networks
+    opts: Optimizers
+    call: Networks
+    cfg: Config
+    amp: Amp
+    iteration: int
+    real: torch.Tensor
+    real_slab: torch.Tensor
+    real_low: torch.Tensor | None
+    pos: int
+    start: int
+    labels: torch.Tensor | None
+    sigma: float
+
+    @property
+    def b(self) -> int:
+        return self.real.shape[0]
+
+    @property
+    def hagan(self) -> bool:
+        return self.cfg.model.arch == "hagan"
+
+    @property
+    def conditional(self) -> bool:
+        return self.labels is not None
+
+    def noise(self) -> torch.Tensor:
+        return torch.randn(self.b, self.cfg.model.latent_dim, device=self.real.device)
+
+    def jitter(self, x):  # instance noise on one of D's inputs
+        return x + self.sigma * torch.randn_like(x) if self.sigma > 0 and x is not None else x
+
+    def d_out(self, disc, x, x_low, d_low):
+        h = disc(x, self.pos)
+        return (h + d_low(x_low)) / 2 if self.hagan else h  # (B, 1) or (B, 1 + K)
+
+    def full(self, value: float) -> torch.Tensor:
+        return torch.full((), value, device=self.real.device)
+
+
+def _class_ce(cls_logits, target):
+    return F.cross_entropy(cls_logits.float(), target)
+
+
+def _d_step(c: _Batch, out: dict) -> tuple:
+    """1. D on real and fake sub-volumes (one forward for both), R1 when due. Returns G's sample (kept with its
+    graph when ``train.share_fakes``, for the G step)."""
+    t, hagan, b = c.cfg.train, c.hagan, c.b
+    r1 = r1_due(t, c.iteration)
+    with c.amp.autocast():
+        with contextlib.nullcontext() if t.share_fakes else torch.no_grad():
+            # shared: G's graph is kept for the G step (the wrapper: G trains through it); else a no-grad sample
+            gen, gen_low = (c.call.g, c.call.g_low) if t.share_fakes else (c.nets.g, c.nets.g_low)
+            fake_slab, a = gen(c.noise(), c.start, c.labels)
+            fake_low = gen_low(a) if hagan else None
+        d_in_real, d_in_real_low = c.jitter(c.real_slab), c.jitter(c.real_low)
+        if r1:  # R1 differentiates D(real) w.r.t. D's real inputs
+            d_in_real = d_in_real.detach().requires_grad_(True)
+            d_in_real_low = d_in_real_low.detach().requires_grad_(True) if hagan else None
+        both = torch.cat([d_in_real, c.jitter(fake_slab.detach())])
+        both_low = torch.cat([d_in_real_low, c.jitter(fake_low.detach())]) if hagan else None
+        logits, cls = split_logits(c.d_out(c.call.d, both, both_low, c.call.d_low))
+        d_real, d_fake = logits[:b], logits[b:]
+        d_loss = bce(d_real, 1.0) + bce(d_fake, 0.0)
+        if c.conditional:
+            d_class = _class_ce(cls[:b], c.labels)
+            d_loss = d_loss + d_class
+    if r1:
+        inputs = [d_in_real, d_in_real_low] if hagan else [d_in_real]
+        grads = torch.autograd.grad(d_real.float().sum(), inputs, create_graph=True)
+        r1_pen = sum(gr.float().pow(2).flatten(1).sum(1) for gr in grads).mean()
+        d_loss = d_loss + (t.r1_gamma / 2) * t.r1_every * r1_pen
+    c.amp.step(d_loss, c.opts["d"])
+    out.update(d_loss=d_loss.detach(), d_real=d_real.detach().mean(), d_fake=d_fake.detach().mean())
+    if r1:
+        out["r1"] = r1_pen.detach()
+    if c.sigma > 0:
+        out["noise_sigma"] = c.full(c.sigma)
+    if c.conditional:
+        out["d_class"] = d_class.detach()
+    return fake_slab, a, fake_low
+
+
+def _g_step(c: _Batch, out: dict, fake_slab, a, fake_low) -> tuple:
+    """2. G against the updated (frozen) D — through the CRF for CRF-GAN, blended by the CRF-weight schedule.
+    Returns the embedding and D's logits the CRF step reuses when fakes are shared."""
+    m, t, nets = c.cfg.model, c.cfg.train, c.nets
+    with frozen(nets.d, nets.d_low, nets.crf), c.amp.autocast():
+        if not t.share_fakes:
+            fake_slab, a = c.call.g(c.noise(), c.start, c.labels)
+            fake_low = c.call.g_low(a) if c.hagan else None
+        d_fake_g, cls_fake_g = split_logits(c.d_out(nets.d, c.jitter(fake_slab), c.jitter(fake_low), nets.d_low))
+        if c.hagan:
+            y = d_fake_g
+        else:
+            w = crf_weight(t, c.iteration)
+            y = w * nets.crf(a, d_fake_g) + (1 - w) * d_fake_g
+            out["crf_weight"] = c.full(w)
+        g_loss = bce(y, 1.0)
+        if c.conditional:
+            g_class = _class_ce(cls_fake_g, c.labels)
+            g_loss = g_loss + m.lambda_class * g_class
+    c.amp.step(g_loss, c.opts["g"])
+    if nets.g_ema is not None:
+        update_ema(nets.g_ema, nets.g, ema_decay_at(t, c.iteration))
+    out["g_loss"] = g_loss.detach()
+    if c.conditional:
+        out["g_class"] = g_class.detach()
+    return a, d_fake_g
+
+
+def _crf_step(c: _Batch, out: dict, a, d_fake_g) -> None:
+    """3. CRF (CRF-GAN): real embedding E(x_full) vs a fake one, each with D's logits after D's update."""
+    nets, b = c.nets, c.b
+    with torch.no_grad(), c.amp.autocast():
+        a_real = nets.e(c.real)  # E(x_full): the real volume's embedding, (B, Ce, E, E, E)
+        d_real_c = split_logits(nets.d(c.real_slab, c.pos))[0]  # D after its update, as the reference
+        if c.cfg.train.share_fakes:
+            a_fake, d_fake_c = a.detach(), d_fake_g.detach()
+        else:
+            fake_c, a_fake = nets.g(c.noise(), c.start, c.labels)
+            d_fake_c = split_logits(nets.d(fake_c, c.pos))[0]
+    with c.amp.autocast():
+        y_crf = c.call.crf(torch.cat([a_real, a_fake]), torch.cat([d_real_c, d_fake_c]))  # one CRF forward
+        crf_loss = bce(y_crf[:b], 1.0) + bce(y_crf[b:], 0.0)
+    c.amp.step(crf_loss, c.opts["crf"])
+    out["crf_loss"] = crf_loss.detach()
+
+
+def _e_steps(c: _Batch, out: dict) -> None:
+    """4. E: the slab reconstructed through G's renderer. 5. E^G (HA-GAN): z from the encoder's slab embeddings,
+    reconstructed through G and G^L."""
+    nets = c.nets
+    with frozen(nets.g), c.amp.autocast():
+        rec = nets.g.renderer(c.call.e(c.real_slab))  # G^H(E(x_slab))
+        e_loss = l1(rec, c.real_slab)
+    c.amp.step(e_loss, c.opts["e"])
+    out["e_loss"] = e_loss.detach()
+    if not c.hagan:
+        return
+    with torch.no_grad(), c.amp.autocast():
+        step, s = c.cfg.model.slab_depth, c.cfg.model.image_size
+        a_hat = torch.cat([nets.e(c.real[:, :, i : i + step]) for i in range(0, s, step)], dim=2)
+    with frozen(nets.g, nets.g_low), c.amp.autocast():
+        rec_slab, a_rec = nets.g(c.call.e_sub(a_hat), c.start, c.labels)
+        rec_low = nets.g_low(a_rec)
+        sub_loss = (l1(rec_slab, c.real_slab) + l1(rec_low, c.real_low)) / 2
+    c.amp.step(sub_loss, c.opts["e_sub"])
+    out["e_sub_loss"] = sub_loss.detach()
+
+
 def train_step(
     nets: Networks,
     opts: Optimizers,
@@ -148,19 +304,17 @@ def train_step(
     labels: torch.Tensor | None = None,
     call: Networks | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One iteration on a batch of whole real volumes ``real`` (B, 1, S, S, S) in [-1, 1].
+    """One iteration on a batch of whole real volumes ``real`` (B, 1, S, S, S) in [-1, 1]: D, G, CRF (CRF-GAN),
+    E and E^G (HA-GAN), in that order.
 
     ``labels`` (B,) long: the volumes' classes (required when ``model.num_classes`` > 0). ``call``: the modules to call
     for the trained network of each sub-step (DDP wrappers), default ``nets``.
     Returns detached scalar losses on ``real``'s device (read them only when logging: reading synchronises a GPU).
     """
     m, t = cfg.model, cfg.train
-    amp = amp or Amp(t.amp, real.device)
-    call = call or nets
     b, s = real.shape[0], m.image_size
     assert real.shape[1:] == (1, s, s, s), f"real volumes must be (B, 1, {s}, {s}, {s}), got {tuple(real.shape)}"
-    conditional = m.num_classes > 0
-    if conditional:
+    if m.num_classes > 0:
         assert labels is not None and labels.shape == (b,), f"model.num_classes={m.num_classes}: labels (B,) required"
         labels = labels.to(real.device, non_blocking=True).long()
     else:
@@ -169,119 +323,16 @@ def train_step(
     if t.channels_last:
         real = real.contiguous(memory_format=torch.channels_last_3d)
     real_slab, pos = real_sub_volume(real, start, cfg)
-    hagan = m.arch == "hagan"
-    real_low = low_res(real, m.emb_size) if hagan else None
-
-    def noise():
-        return torch.randn(b, m.latent_dim, device=real.device)
-
-    def d_out(disc, x, x_low, d_low):
-        h = disc(x, pos)
-        return (h + d_low(x_low)) / 2 if hagan else h  # (B, 1) or (B, 1 + K)
-
-    def class_ce(cls_logits, target):
-        return F.cross_entropy(cls_logits.float(), target)
-
-    sigma = instance_noise_sigma(t, iteration)
-
-    def jitter(x):  # instance noise on one of D's inputs
-        return x + sigma * torch.randn_like(x) if sigma > 0 and x is not None else x
-
-    r1 = r1_due(t, iteration)
-
-    # 1. D ----------------------------------------------------------------------------------------------
-    with amp.autocast():
-        with contextlib.nullcontext() if t.share_fakes else torch.no_grad():
-            # shared: G's graph is kept for the G step (the wrapper: G trains through it); else a no-grad sample
-            gen, gen_low = (call.g, call.g_low) if t.share_fakes else (nets.g, nets.g_low)
-            fake_slab, a = gen(noise(), start, labels)
-            fake_low = gen_low(a) if hagan else None
-        d_in_real, d_in_real_low = jitter(real_slab), jitter(real_low)
-        if r1:  # R1 differentiates D(real) w.r.t. D's real inputs
-            d_in_real = d_in_real.detach().requires_grad_(True)
-            d_in_real_low = d_in_real_low.detach().requires_grad_(True) if hagan else None
-        both = torch.cat([d_in_real, jitter(fake_slab.detach())])  # one D forward for real and fake
-        both_low = torch.cat([d_in_real_low, jitter(fake_low.detach())]) if hagan else None
-        logits, cls = split_logits(d_out(call.d, both, both_low, call.d_low))
-        d_real, d_fake = logits[:b], logits[b:]
-        d_loss = bce(d_real, 1.0) + bce(d_fake, 0.0)
-        if conditional:
-            d_class = class_ce(cls[:b], labels)
-            d_loss = d_loss + d_class
-    if r1:
-        inputs = [d_in_real, d_in_real_low] if hagan else [d_in_real]
-        grads = torch.autograd.grad(d_real.float().sum(), inputs, create_graph=True)
-        r1_pen = sum(gr.float().pow(2).flatten(1).sum(1) for gr in grads).mean()
-        d_loss = d_loss + (t.r1_gamma / 2) * t.r1_every * r1_pen
-    amp.step(d_loss, opts["d"])
-    out = {"d_loss": d_loss.detach(), "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
-    if r1:
-        out["r1"] = r1_pen.detach()
-    if sigma > 0:
-        out["noise_sigma"] = torch.full((), sigma, device=real.device)
-    if conditional:
-        out["d_class"] = d_class.detach()
-
-    # 2. G ----------------------------------------------------------------------------------------------
-    with frozen(nets.d, nets.d_low, nets.crf), amp.autocast():
-        if not t.share_fakes:
-            fake_slab, a = call.g(noise(), start, labels)
-            fake_low = call.g_low(a) if hagan else None
-        d_fake_g, cls_fake_g = split_logits(d_out(nets.d, jitter(fake_slab), jitter(fake_low), nets.d_low))
-        if hagan:
-            y = d_fake_g
-        else:
-            w = crf_weight(t, iteration)
-            crf_fake_g = nets.crf(a, d_fake_g)
-            y = w * crf_fake_g + (1 - w) * d_fake_g
-            out["crf_weight"] = torch.full((), w, device=real.device)
-        g_loss = bce(y, 1.0)
-        if conditional:
-            g_class = class_ce(cls_fake_g, labels)
-            g_loss = g_loss + m.lambda_class * g_class
-    amp.step(g_loss, opts["g"])
-    if nets.g_ema is not None:
-        update_ema(nets.g_ema, nets.g, ema_decay_at(t, iteration))
-    out["g_loss"] = g_loss.detach()
-    if conditional:
-        out["g_class"] = g_class.detach()
-    del fake_slab
-
-    # 3. CRF (CRF-GAN) ----------------------------------------------------------------------------------
-    if not hagan:
-        with torch.no_grad(), amp.autocast():
-            a_real = nets.e(real)  # E(x_full): the real volume's embedding, (B, Ce, E, E, E)
-            d_real_c = split_logits(nets.d(real_slab, pos))[0]  # D after its update, as the reference
-            if t.share_fakes:
-                a_fake, d_fake_c = a.detach(), d_fake_g.detach()
-            else:
-                fake_c, a_fake = nets.g(noise(), start, labels)
-                d_fake_c = split_logits(nets.d(fake_c, pos))[0]
-        with amp.autocast():
-            y_crf = call.crf(torch.cat([a_real, a_fake]), torch.cat([d_real_c, d_fake_c]))  # one CRF forward
-            crf_loss = bce(y_crf[:b], 1.0) + bce(y_crf[b:], 0.0)
-        amp.step(crf_loss, opts["crf"])
-        out["crf_loss"] = crf_loss.detach()
-        del a_real, a_fake
-    del a
-
-    # 4. E ----------------------------------------------------------------------------------------------
-    with frozen(nets.g), amp.autocast():
-        rec = nets.g.renderer(call.e(real_slab))  # G^H(E(x_slab))
-        e_loss = l1(rec, real_slab)
-    amp.step(e_loss, opts["e"])
-    out["e_loss"] = e_loss.detach()
-
-    # 5. E^G (HA-GAN): z from the encoder's slab embeddings, reconstructed through G and G^L ------------
-    if hagan:
-        with torch.no_grad(), amp.autocast():
-            step = m.slab_depth
-            a_hat = torch.cat([nets.e(real[:, :, i : i + step]) for i in range(0, s, step)], dim=2)
-        with frozen(nets.g, nets.g_low), amp.autocast():
-            rec_slab, a_rec = nets.g(call.e_sub(a_hat), start, labels)
-            rec_low = nets.g_low(a_rec)
-            sub_loss = (l1(rec_slab, real_slab) + l1(rec_low, real_low)) / 2
-        amp.step(sub_loss, opts["e_sub"])
-        out["e_sub_loss"] = sub_loss.detach()
-    amp.end()
+    real_low = low_res(real, m.emb_size) if m.arch == "hagan" else None
+    c = _Batch(nets, opts, call or nets, cfg, amp or Amp(t.amp, real.device), iteration, real, real_slab, real_low,
+               pos, start, labels, instance_noise_sigma(t, iteration))
+    out: dict[str, torch.Tensor] = {}
+    fake_slab, a, fake_low = _d_step(c, out)
+    a, d_fake_g = _g_step(c, out, fake_slab, a, fake_low)
+    del fake_slab, fake_low
+    if not c.hagan:
+        _crf_step(c, out, a, d_fake_g)
+    del a, d_fake_g
+    _e_steps(c, out)
+    c.amp.end()
     return out
