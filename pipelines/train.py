@@ -170,15 +170,9 @@ def refuse_local_run(storage: str, run_name: str) -> None:
                          "cannot resume them. Continue with --local, or pick another --run-name or --storage")
 
 
-def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
-                 data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
-                 parent_run_id: str | None = None) -> dict:
-    """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version).
-
-    ``callbacks``: Ray Train ``UserCallback``s (a Tune trial passes its report callback); ``parent_run_id`` nests
-    the MLflow run under a parent (the sweep's run)."""
+def _checked_data(cfg, data_uri: str) -> tuple[str, dict]:
+    """The output folder, the run name and ``--data`` checked before Ray starts; (absolute data URI, manifest)."""
     from crfgan.shards import read_manifest
-    from pipelines import cluster, tracking
 
     check_output_folder(cfg.train.storage_path, "--storage")
     refuse_local_run(storage_uri(cfg.train.storage_path), cfg.train.run_name)
@@ -187,37 +181,16 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     check_shards_match(cfg, data_uri, manifest)
     if not any(sh.get("split") == "train" for sh in manifest.get("shards", [])):
         raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
-    ray = ensure_ray()
+    return data_uri, manifest
+
+
+def _trainer(cfg, loop_config: dict, storage, datasets: dict, callbacks):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    endpoint = s3_endpoint(cfg.data.s3_endpoint)
-    storage = cluster.s3_storage(storage_uri(t.storage_path), endpoint)
-    # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
-    cluster.require_shared(ray, cluster.train_paths(storage, tracking.tracking_uri(cfg, storage) if mlflow_enabled
-                                                    else None), "training run",
-                           {"CPU": t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if t.use_gpu else 0})
-    print(f"[train] driver on node {ray.get_runtime_context().get_node_id()}", flush=True)
-    if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
-        free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker
-        data_cpus = 1.0 if free >= 1 else 0.0
-    datasets = _datasets(cfg, data_uri, manifest, data_cpus)
-    loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir, "torch_threads": t.cpus_per_worker}
-    from pipelines.quality import headline_state, quality_state
-
-    loop_config["headline"] = headline_state(cfg, data_uri)  # quality_score's real reference (plain arrays)
-
-    loop_config["quality"] = quality_state(cfg, data_uri, manifest, storage)  # fd_ssl_quick's extractor + real stats
-    uri = run_id = None
-    if mlflow_enabled:
-        uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest, parent_run_id=parent_run_id)
-        loop_config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
-        print(f"[train] MLflow: {tracking.scrub_uri(uri)} (run {run_id}); crfgan synthesize finds its registry "
-              + ("with the same train.storage_path" if uri.startswith("sqlite:") and not cfg.mlflow.tracking_uri
-                 and not os.environ.get("MLFLOW_TRACKING_URI") else "with the same tracking URI"), flush=True)
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         _loop(),
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
@@ -229,6 +202,55 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # val: rank 0 streams its first volumes
     )
+
+
+def _summary(result, cfg, uri, run_id, mlflow_enabled: bool, register: bool, manifest: dict, data_uri: str) -> dict:
+    import json
+
+    summary = {"checkpoint": result.checkpoint.path if result.checkpoint else None, "metrics": dict(result.metrics or {}),
+               "run_id": run_id, "tracking_uri": uri, "model": None, "state": None}
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            summary["state"] = json.loads((Path(d) / "state.json").read_text())
+            if mlflow_enabled and register:
+                summary["model"] = register_checkpoint(uri, run_id, cfg, d, manifest, data_uri)
+    return summary
+
+
+def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
+                 data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
+                 parent_run_id: str | None = None) -> dict:
+    """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version).
+
+    ``callbacks``: Ray Train ``UserCallback``s (a Tune trial passes its report callback); ``parent_run_id`` nests
+    the MLflow run under a parent (the sweep's run)."""
+    from pipelines import cluster, tracking
+    from pipelines.quality import headline_state, quality_state
+
+    data_uri, manifest = _checked_data(cfg, data_uri)
+    ray = ensure_ray()
+    t = cfg.train
+    storage = cluster.s3_storage(storage_uri(t.storage_path), s3_endpoint(cfg.data.s3_endpoint))
+    # multi-node: a local checkpoint folder or MLflow store must be seen by every node, checked before any work
+    cluster.require_shared(ray, cluster.train_paths(storage, tracking.tracking_uri(cfg, storage) if mlflow_enabled
+                                                    else None), "training run",
+                           {"CPU": t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if t.use_gpu else 0})
+    print(f"[train] driver on node {ray.get_runtime_context().get_node_id()}", flush=True)
+    if data_cpus is None:  # Ray Data's read tasks need CPUs the workers may hold all of on a small machine
+        free = ray.cluster_resources().get("CPU", 0) - t.num_workers * t.cpus_per_worker
+        data_cpus = 1.0 if free >= 1 else 0.0
+    datasets = _datasets(cfg, data_uri, manifest, data_cpus)
+    loop_config = {"cfg": cfg.to_dict(), "status_dir": status_dir, "torch_threads": t.cpus_per_worker,
+                   "headline": headline_state(cfg, data_uri),  # quality_score's real reference (plain arrays)
+                   "quality": quality_state(cfg, data_uri, manifest, storage)}  # fd_ssl_quick's extractor + stats
+    uri = run_id = None
+    if mlflow_enabled:
+        uri, run_id = tracking.start_run(cfg, storage, t.run_name, data_uri, manifest, parent_run_id=parent_run_id)
+        loop_config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
+        print(f"[train] MLflow: {tracking.scrub_uri(uri)} (run {run_id}); crfgan synthesize finds its registry "
+              + ("with the same train.storage_path" if uri.startswith("sqlite:") and not cfg.mlflow.tracking_uri
+                 and not os.environ.get("MLFLOW_TRACKING_URI") else "with the same tracking URI"), flush=True)
+    trainer = _trainer(cfg, loop_config, storage, datasets, callbacks)
     print(f"[train] {cfg.model.arch} {cfg.model.image_size}³ × {t.iterations} iterations on {t.num_workers} worker(s) "
           f"→ {tracking.scrub_uri(storage)}/{t.run_name}", flush=True)
     ok = False
@@ -238,15 +260,7 @@ def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: st
     finally:
         if mlflow_enabled and not ok:
             tracking.end_run(uri, run_id, ok=False)
-    summary = {"checkpoint": result.checkpoint.path if result.checkpoint else None, "metrics": dict(result.metrics or {}),
-               "run_id": run_id, "tracking_uri": uri, "model": None, "state": None}
-    if result.checkpoint is not None:
-        import json
-
-        with result.checkpoint.as_directory() as d:
-            summary["state"] = json.loads((Path(d) / "state.json").read_text())
-            if mlflow_enabled and register:
-                summary["model"] = register_checkpoint(uri, run_id, cfg, d, manifest, data_uri)
+    summary = _summary(result, cfg, uri, run_id, mlflow_enabled, register, manifest, data_uri)
     if mlflow_enabled:
         tracking.end_run(uri, run_id, ok=True)
     return summary
