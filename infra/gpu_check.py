@@ -117,7 +117,7 @@ def _checkpoints(run_dir: Path) -> list[tuple[dict, Path]]:
 def part_ray_train(args, out: str, deadline: float) -> None:
     from crfgan.config import load_config
     from pipelines.bench.feed import write_shards
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     p = plan(args.device, args.tiny)["train"]
     work = Path(args.out) / "work"
@@ -131,7 +131,7 @@ def part_ray_train(args, out: str, deadline: float) -> None:
         common.append("train.amp=bf16")
     doc = {"config": p["config"], "size": p["size"], "device": args.device, "backend":
            "nccl" if args.device == "cuda" else "gloo", "shards": shards, "notes": [
-               "stage 1: pipelines.train.run_training (what crfgan train --no-mlflow runs) with a status folder, its "
+               "stage 1: pipelines.train.run (what crfgan train --no-mlflow runs) with a status folder, its "
                "worker SIGKILLed after the first registered checkpoint; stage 2: crfgan train --no-mlflow with the "
                "same run name and more iterations",
                "eval.quick_volumes=0: the fd_ssl_quick extractor is not trained here (saves its start-up)"]}

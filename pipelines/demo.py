@@ -78,8 +78,8 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from . import preprocess
-    from .synthesize import run_job
-    from .train import run_training
+    from .synthesize import run as run_job
+    from .train import run as run_training
 
     if args.address:
         from .jobs import demo

@@ -1,6 +1,6 @@
 """The training-time quality score's inputs: the SSL extractor and the real features, prepared by the driver.
 
-``crfgan train`` (``run_training``) calls ``quality_state`` once before ``fit()``: it reads up to
+``crfgan train`` (``pipelines.train.run``) calls ``quality_state`` once before ``fit()``: it reads up to
 ``eval.ssl_max_volumes`` volumes of the train split from the shards, and trains the SSL extractor on them — or
 finds it, with the real features, in the cache ``<train.storage_path>/quality/`` (named by the data manifest's
 hash and the extractor's settings, so every run and every Tune trial on the same shards and storage shares one

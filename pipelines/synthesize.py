@@ -207,7 +207,7 @@ def job_config(model_files: dict, user_cfg):
     return cfg.validate()
 
 
-def run_job(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int | None = None, fmt: str = "nii.gz",
+def run(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int | None = None, fmt: str = "nii.gz",
             class_name: str | None = None, tracking_uri: str | None = None, log=print) -> dict:
     """The job without argument parsing; returns the job manifest (also written to ``out/manifest.json``)."""
     import os
@@ -338,7 +338,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config or None, args.overrides)
-        m = run_job(args.model, args.count, args.out, cfg, args.start, args.seed, args.format, args.class_name)
+        m = run(args.model, args.count, args.out, cfg, args.start, args.seed, args.format, args.class_name)
     except (ModelNotFound, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"synthesize: {e}", file=sys.stderr)
         return 2

@@ -217,7 +217,7 @@ def _summary(result, cfg, uri, run_id, mlflow_enabled: bool, register: bool, man
     return summary
 
 
-def run_training(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
+def run(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
                  data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
                  parent_run_id: str | None = None) -> dict:
     """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version).
@@ -349,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"train: {e}", file=sys.stderr)
             return 2
     try:
-        summary = run_training(cfg, args.data, mlflow_enabled=not args.no_mlflow)
+        summary = run(cfg, args.data, mlflow_enabled=not args.no_mlflow)
     except FileNotFoundError as e:
         print(_no_shards(args.data, e), file=sys.stderr)
         return 2

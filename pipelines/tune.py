@@ -4,7 +4,7 @@
     crfgan tune --resume SWEEP [--storage PATH_OR_S3]      # finished trials are not rerun
     ray job submit --address http://HEAD:8265 --working-dir . -- crfgan tune --data s3://… --space … --config ct128
 
-Each trial is a Ray Train run of the existing trainer (``pipelines.train.run_training``: its checkpoints, resume
+Each trial is a Ray Train run of the existing trainer (``pipelines.train.run``: its checkpoints, resume
 and MLflow logging), started by a function trainable with Ray Train v2's ``TuneReportCallback``, which forwards
 the trainer's reports to Tune. Only reports that carry the sweep's metric reach Tune (the trainer reports losses
 more often than it validates), each with the latest checkpoint path. ASHA stops trials on that metric with the
@@ -114,7 +114,7 @@ def run_trial(params: dict, spec: dict) -> None:
     from ray import tune
 
     from crfgan.config import config_from_dict
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
     from pipelines.tune_report import trial_name
     from pipelines.tune_space import apply
 
@@ -259,7 +259,7 @@ def _space_from_spec(spec: dict):
     return space
 
 
-def run_sweep(spec: dict, resume: bool = False) -> dict:
+def run(spec: dict, resume: bool = False) -> dict:
     """Run (or resume) a sweep; returns {rows, best, model, parent_run_id, seconds}."""
     from crfgan.config import config_from_dict
     from pipelines import tune_report
@@ -303,14 +303,14 @@ def main(args: argparse.Namespace) -> int:
         except FileNotFoundError as e:
             print(f"tune: {e}", file=sys.stderr)
             return 2
-        out = run_sweep(spec, resume=True)
+        out = run(spec, resume=True)
     else:
         try:
             spec = new_sweep(args)
         except (FileNotFoundError, FileExistsError) as e:
             print(f"tune: {e}", file=sys.stderr)
             return 2
-        out = run_sweep(spec)
+        out = run(spec)
     return 0 if out["best"] is not None else 1
 
 

@@ -70,7 +70,7 @@ def gzip_rows(gdir: Path, size: int) -> list[dict]:
 
 def job_row(gdir: Path, size: int, actors: int, n: int, out: str) -> dict:
     from crfgan.config import load_config
-    from pipelines.synthesize import run_job
+    from pipelines.synthesize import run as run_job
 
     cfg = load_config(None, [f"synth.actors={actors}"])
     m = run_job(str(gdir), n, out, cfg, log=lambda *_: None)

@@ -47,7 +47,7 @@ def _shards(cfg, scans: list[Path], copies: int, root: Path) -> str:
 
 
 def _ray_run(cfg, shards: str) -> dict:
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     m = run_training(cfg, shards, mlflow_enabled=False)["metrics"]
     its = m["its_per_s_steady"]

@@ -76,7 +76,7 @@ def test_job_writes_correct_volumes_to_s3_and_rerun_skips(ray_local, s3_server, 
     import boto3
 
     from crfgan.synth import volume_seed
-    from pipelines.synthesize import run_job
+    from pipelines.synthesize import run as run_job
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="synth")
@@ -145,7 +145,7 @@ def test_registry_errors_name_what_exists(ray_local, registered, mlflow_server, 
 
 
 def test_killed_job_rerun_ends_with_exactly_n_volumes(ray_local, registered, mlflow_server, tmp_path):  # noqa: F811
-    from pipelines.synthesize import run_job
+    from pipelines.synthesize import run as run_job
 
     n, out = 60, tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "MLFLOW_TRACKING_URI": mlflow_server,
@@ -182,7 +182,7 @@ def test_killed_job_rerun_ends_with_exactly_n_volumes(ray_local, registered, mlf
 
 def test_actor_memory_stays_flat_as_the_count_grows(ray_local, tmp_path):
     """Peak RSS of the actor (a fresh pool per job) for 3 and for 30 volumes at 64³: one volume at a time."""
-    from pipelines.synthesize import run_job
+    from pipelines.synthesize import run as run_job
 
     gdir = _generator(tmp_path, 64)
     peaks = {}
@@ -197,7 +197,7 @@ def test_a_folder_belongs_to_one_job(ray_local, tmp_path, capsys):
     """A rerun with another seed, model, format, class or render setting is refused in one line before any work;
     another count (or actor count) of the same job completes it; files of an unknown job are never adopted."""
     from pipelines.cli import main
-    from pipelines.synthesize import JobMismatch, run_job
+    from pipelines.synthesize import JobMismatch, run as run_job
 
     gdir = _generator(tmp_path)
     out = tmp_path / "job"
@@ -262,7 +262,7 @@ def test_synthesize_finds_the_registry_train_wrote_by_default(ray_local, tmp_pat
     from mlflow.tracking import MlflowClient
 
     from crfgan.checkpoint import load_generator
-    from pipelines.synthesize import run_job
+    from pipelines.synthesize import run as run_job
     from pipelines.tracking import register_generator, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

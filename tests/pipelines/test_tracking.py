@@ -16,7 +16,7 @@ ITERS = 12
 @pytest.fixture(scope="module")
 def tracked_run(ray_local, tiny_shards, mlflow_server, tmp_path_factory, monkeypatch_module):  # noqa: F811
     from crfgan.config import load_config
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     monkeypatch_module.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     storage = tmp_path_factory.mktemp("runs")
@@ -135,7 +135,7 @@ def test_rerun_with_same_name_continues_the_mlflow_run(tracked_run, tiny_shards,
     from mlflow.tracking import MlflowClient
 
     from crfgan.config import config_from_dict
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     cfg, first, _ = tracked_run
     d = cfg.to_dict()

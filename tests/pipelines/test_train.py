@@ -34,7 +34,7 @@ def _assert_lineage(state: dict, iters: int, samples_per_iter: int) -> list:
 
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tiny_shards, tmp_path):  # noqa: F811
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     iters, every = 40, 5
     storage, status = tmp_path / "runs", tmp_path / "status"
@@ -150,7 +150,7 @@ def test_shard_size_mismatch_is_a_clear_error(tiny_shards):  # noqa: F811
 
 def test_hagan_baseline_two_workers_keep_ddp_ranks_in_sync(ray_local, tiny_shards, tmp_path):  # noqa: F811
     """HA-GAN adds G^L, D^L and E^G, each its own DDP wrapper: no unused-parameter errors, identical weights."""
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     cfg = _tiny(tmp_path, "hagan", 6, 2, 3, "model.arch=hagan")
     summary = run_training(cfg, tiny_shards, mlflow_enabled=False)
@@ -200,7 +200,7 @@ def test_torch_backend_is_nccl_on_gpu_workers():
 def test_class_conditional_ray_run_learns_ct_and_mri_and_stores_the_names(ray_local, tiny_shards, tmp_path):  # noqa: F811
     """The train split holds a CT and an MRI volume: model.num_classes=2 takes the class from the modality column."""
     from crfgan.checkpoint import load_generator
-    from pipelines.train import run_training
+    from pipelines.train import run as run_training
 
     cfg = _tiny(tmp_path, "cond", 4, 1, 2, "model.num_classes=2")
     summary = run_training(cfg, tiny_shards, mlflow_enabled=False)

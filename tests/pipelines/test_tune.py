@@ -96,7 +96,7 @@ def test_quick_sweep_tracks_parent_children_and_registers_best(ray_local, tiny_s
 def test_asha_stops_a_clearly_worse_trial(ray_local, tiny_shards, tmp_path, capsys):  # noqa: F811
     """Grid order: a learning encoder first, then one with learning rate 0 (never learns, so its val_l1 stays at
     the initial ~0.75 while the first reaches ~0.62 by iteration 2): ASHA stops the second at its first rung."""
-    from pipelines.tune import new_sweep, run_sweep
+    from pipelines.tune import new_sweep, run as run_sweep
     from pipelines.cli import build_parser
 
     space = _space(tmp_path, "metric: val_l1\nmode: min\nfixed:\n  train.iterations: 4\n  train.val_every: 2\n"
