@@ -132,7 +132,6 @@ class TrainConfig:
 
 @dataclass
 class SynthConfig:
-    num_volumes: int = 4
     seed: int = 0
     tiled: bool = True  # render G^H over embedding slabs with a halo instead of one pass
     slab_embedding_slices: int = 0  # embedding slices per tile before the halo; 0: E/16 (2 at 128³, 4 at 256³)
@@ -162,7 +161,6 @@ class TuneConfig:
 
 @dataclass
 class EvalConfig:
-    num_volumes: int = 4
     score_volumes: int = 16  # volumes rendered for quality_score (Tune's objective) at every train.val_every (0: off)
     quick_volumes: int = 8  # volumes rendered for fd_ssl_quick at every train.val_every (0: score off)
     ssl_steps: int = 100  # SimCLR steps of the SSL feature extractor (crfgan.metrics.features)
@@ -299,7 +297,6 @@ def _validate_train(t: TrainConfig, m: ModelConfig) -> None:
 
 def _validate_synth(sy: SynthConfig) -> None:
     """synth.*"""
-    _positive("synth.num_volumes", sy.num_volumes)
     _check(sy.seed >= 0, "synth.seed", f"must be >= 0, got {sy.seed}")
     _check(sy.norm_stats in ("global", "train", "slab"), "synth.norm_stats",
            f"must be global, train or slab, got {sy.norm_stats!r}")
@@ -343,7 +340,6 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_eval(e: EvalConfig) -> None:
     """eval.*"""
-    _positive("eval.num_volumes", e.num_volumes)
     _check(e.quick_volumes == 0 or e.quick_volumes >= 2, "eval.quick_volumes", "must be 0 (off) or >= 2")
     _check(e.score_volumes == 0 or e.score_volumes >= 2, "eval.score_volumes", "must be 0 (off) or >= 2")
     _check(e.ssl_steps >= 1 and e.ssl_batch >= 2 and e.ssl_width >= 1 and e.ssl_max_volumes >= 1, "eval.ssl_steps",
@@ -406,7 +402,23 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
+# keys that once existed and were never read: dropped from stored configs (config.json of older checkpoints and
+# models), refused as overrides
+RETIRED_KEYS = frozenset({"synth.num_volumes", "eval.num_volumes"})
+
+
+def _drop_retired(mapping: dict) -> dict:
+    out = dict(mapping)
+    for key in RETIRED_KEYS:
+        section, field = key.split(".")
+        if isinstance(out.get(section), dict) and field in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != field}
+    return out
+
+
 def _unknown(key: str) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"config key {key!r} was retired (it never had an effect); remove it")
     close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"unknown config key {key!r}{hint}")
@@ -524,7 +536,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: typing.Iterab
         if not isinstance(mapping, dict):
             raise ConfigError(f"config {name_or_path} must be a mapping of sections")
         cfg.name = mapping.pop("name", cfg.name)
-        _apply_mapping(cfg, mapping)
+        _apply_mapping(cfg, _drop_retired(mapping))
     return apply_overrides(cfg, overrides)
 
 
@@ -553,5 +565,5 @@ def config_from_dict(d: dict) -> Config:
     cfg = Config()
     d = dict(d)
     cfg.name = d.pop("name", cfg.name)
-    _apply_mapping(cfg, d)
+    _apply_mapping(cfg, _drop_retired(d))
     return cfg.validate()

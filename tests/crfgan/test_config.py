@@ -119,7 +119,7 @@ def test_data_hash_ignores_training_settings_but_not_data_ones():
     ("data.min_slices=0", "data.min_slices"),
     ("data.spacing_range_mm=[5, 1]", "data.spacing_range_mm"),
     ("model.latent_dim=0", "model.latent_dim"),
-    ("synth.num_volumes=0", "synth.num_volumes"),
+    ("synth.actors=-1", "synth.actors"),
     ("synth.halo=-1", "synth.halo"),
     ("tune.mode=lowest", "tune.mode"),
     ("tune.num_samples=0", "tune.num_samples"),
@@ -180,3 +180,15 @@ def test_validate_checks_every_section():
                      "eval.quick_volumes=1", "tune.mode=x"):
         with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
             load_config("tiny", [override])
+
+
+def test_retired_keys_are_dropped_from_stored_configs_and_refused_as_overrides(tmp_path):
+    import yaml
+
+    old = load_config("tiny").to_dict()
+    old["synth"]["num_volumes"], old["eval"]["num_volumes"] = 4, 4  # a config.json written before they were retired
+    assert config_from_dict(old).to_dict() == load_config("tiny").to_dict()
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "old.yaml").to_dict() == load_config("tiny").to_dict()
+    with pytest.raises(ConfigError, match="'synth.num_volumes' was retired"):
+        load_config("tiny", ["synth.num_volumes=8"])
