@@ -203,12 +203,22 @@ def end_run(uri: str, run_id: str, ok: bool) -> None:
 
 def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dict,
                        alias: str = ALIAS) -> tuple[str, str]:
-    """Log the generator as a models-from-code pyfunc, register a version, alias it (``candidate``); (name, version)."""
+    """Log the generator as a models-from-code pyfunc, register a version, alias it (``candidate``); (name, version).
+
+    Idempotent: a version of this run with the same tags (iterations, config and data hashes) is re-aliased, not
+    registered again — a sweep resumed after a kill during its registration ends with one version, not two. The
+    version is created with its tags in one call, so a version without them is never left behind."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
     name = cfg.mlflow.registered_model
+    want = {k: str(v) for k, v in tags.items()}
+    client = MlflowClient(uri)
+    for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if all(mv.tags.get(k) == v for k, v in want.items()):
+            client.set_registered_model_alias(name, alias, mv.version)
+            return name, str(mv.version)
+    mlflow.set_tracking_uri(uri)
     meta_path = Path(generator_dir) / "metadata.json"  # the synthesis metadata, also readable from the MLmodel file
     synthesis = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     with tempfile.TemporaryDirectory() as d:
@@ -222,15 +232,12 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="generator", python_model=str(code), artifacts={"generator": str(generator_dir)},
-                    code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")], registered_model_name=name,
+                    code_paths=[str(pkg / "crfgan"), str(pkg / "pipelines")],
                     metadata={"image_size": cfg.model.image_size, "arch": cfg.model.arch,
                               "class_names": list(cfg.model.class_names), "synthesis": synthesis})
         finally:
             pyfunc_log.setLevel(level)
-    client = MlflowClient(uri)
-    version = str(info.registered_model_version)
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
+    version = str(mlflow.register_model(info.model_uri, name, tags=want).version)
     client.set_registered_model_alias(name, alias, version)
     return name, version
 

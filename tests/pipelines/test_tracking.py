@@ -130,6 +130,26 @@ def test_reading_stages_find_the_store_train_writes_by_default(tmp_path, monkeyp
     assert lookup_tracking_uri(cfg) == "http://127.0.0.1:6000"
 
 
+def test_registering_the_same_checkpoint_again_reuses_its_version(tracked_run, tiny_shards, mlflow_server):  # noqa: F811
+    """What a sweep resumed after a kill during its registration does: the same run's same checkpoint is not
+    registered twice; the alias moves to the existing version."""
+    from mlflow.tracking import MlflowClient
+
+    from crfgan.shards import read_manifest
+    from pipelines.train import register_checkpoint
+
+    cfg, summary, _ = tracked_run
+    name, version = summary["model"]
+    client = MlflowClient(mlflow_server)
+    before = client.search_model_versions(f"name='{name}'")
+    again = register_checkpoint(mlflow_server, summary["run_id"], cfg, summary["checkpoint"], read_manifest(tiny_shards),
+                                tiny_shards, alias="again")
+    assert again == (name, version)
+    assert len(client.search_model_versions(f"name='{name}'")) == len(before)
+    assert client.get_model_version_by_alias(name, "again").version == version
+    assert client.get_model_version(name, version).tags["iterations"] == str(ITERS)
+
+
 def test_rerun_with_same_name_continues_the_mlflow_run(tracked_run, tiny_shards, mlflow_server):  # noqa: F811
     """Runs last in this module: resuming the Ray run (same storage + name) reopens its MLflow run."""
     from mlflow.tracking import MlflowClient
