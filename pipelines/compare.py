@@ -303,8 +303,3 @@ def main(args: argparse.Namespace) -> int:
     print(f"[compare] done in {time.perf_counter() - t0:.0f} s → {out / 'compare.md'}")
     return 0
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan compare")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

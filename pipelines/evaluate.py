@@ -262,8 +262,3 @@ def main(args: argparse.Namespace) -> int:
         print(" | ".join(r))
     return 0 if os.path.isfile(os.path.join(args.report, "index.html")) else 1
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan evaluate")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

@@ -405,8 +405,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"preprocess: errors table at {m['errors_path']}")
     return 0
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan preprocess")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

@@ -344,8 +344,3 @@ def main(args: argparse.Namespace) -> int:
         return 2
     return 1 if m["counts"]["failed"] else 0
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan synthesize")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

@@ -366,8 +366,3 @@ def main(args: argparse.Namespace) -> int:
                                         if summary["model"] else ""), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan train")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

@@ -313,8 +313,3 @@ def main(args: argparse.Namespace) -> int:
         out = run(spec)
     return 0 if out["best"] is not None else 1
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan tune")
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))

@@ -26,10 +26,11 @@ import json
 import os
 import re
 import tempfile
-import threading
 import time
 
 import numpy as np
+
+from pipelines.bench.worker import Sampler
 
 # HA-GAN (Sun et al. 2022): 80 000 iterations of batch 4 in 22 h on 2 V100s at 256³ → volumes/s per GPU (derived)
 HAGAN_VOL_PER_S_PER_GPU = 80_000 * 4 / (22 * 3600) / 2
@@ -133,36 +134,26 @@ def feed_loop(config: dict) -> None:
     ray.train.report(figures)
 
 
-class StoreSampler:
+class StoreSampler(Sampler):
     """Peak object-store (plasma) usage over the cluster, sampled in a thread from ``memory_summary``."""
 
     PAT = re.compile(r"Plasma memory usage (\d+) MiB")
 
     def __init__(self, interval: float = 0.25):
-        self.interval, self.peak, self.ok = interval, 0.0, True
-        self._stop = threading.Event()
+        super().__init__(interval)
+        self.peak, self.ok = 0.0, True
 
-    def _run(self):
+    def sample(self):
         from ray._private.internal_api import memory_summary
 
-        while not self._stop.is_set():
-            try:
-                m = self.PAT.search(memory_summary(stats_only=True))
-                if m:
-                    self.peak = max(self.peak, float(m[1]))
-            except Exception:  # noqa: BLE001 — an unavailable API leaves the figure empty, never stops the bench
-                self.ok = False
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(timeout=5)
+        try:
+            m = self.PAT.search(memory_summary(stats_only=True))
+            if m:
+                self.peak = max(self.peak, float(m[1]))
+        except Exception:  # noqa: BLE001 — an unavailable API leaves the figure empty, never stops the bench
+            self.ok = False
+            return False
+        return True
 
 
 def feed_case(data_uri: str, size: int, cpus: int, deliver: int | None, batch: int, storage: str,

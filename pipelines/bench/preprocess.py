@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import nibabel as nib
 import numpy as np
 
 from pipelines.bench.table import emit
+from pipelines.bench.worker import Sampler
 from crfgan.config import load_config
 from crfgan.io import load_scan
 
@@ -70,35 +70,31 @@ def generate(folder: Path, n: int, sizes=(128, 256), seed: int = 0, scans: list[
     return out
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     """Peak RSS of this process and of its Ray worker processes (``ray::…`` descendants), sampled in a thread."""
 
     def __init__(self, interval: float = 0.25):
         import psutil
 
-        self.psutil, self.interval = psutil, interval
-        self.driver = self.workers = 0
-        self._stop = threading.Event()
+        super().__init__(interval)
+        self.psutil, self.driver, self.workers = psutil, 0, 0
+        self.me = psutil.Process()
 
-    def _sample(self):
-        me = self.psutil.Process()
-        while not self._stop.is_set():
-            self.driver = max(self.driver, me.memory_info().rss)
-            total = 0
-            for p in me.children(recursive=True):  # only this driver's Ray (other sessions may share the box)
-                try:
-                    if p.name().startswith("ray::"):
-                        total += p.memory_info().rss
-                except self.psutil.Error:
-                    continue
-            self.workers = max(self.workers, total)
-            self._stop.wait(self.interval)
+    def sample(self):
+        self.driver = max(self.driver, self.me.memory_info().rss)
+        total = 0
+        for p in self.me.children(recursive=True):  # only this driver's Ray (other sessions may share the box)
+            try:
+                if p.name().startswith("ray::"):
+                    total += p.memory_info().rss
+            except self.psutil.Error:
+                continue
+        self.workers = max(self.workers, total)
 
     def cpu_seconds(self) -> float:
         """user + system CPU seconds of this process and its descendants (Ray workers persist between runs)."""
-        me = self.psutil.Process()
         total = 0.0
-        for p in [me, *me.children(recursive=True)]:
+        for p in [self.me, *self.me.children(recursive=True)]:
             try:
                 t = p.cpu_times()
                 total += t.user + t.system
@@ -108,13 +104,10 @@ class PeakMemory:
 
     def __enter__(self):
         self.cpu0 = self.cpu_seconds()
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(timeout=5)
+        super().__exit__(*exc)
         self.cpu = self.cpu_seconds() - self.cpu0
 
 
@@ -250,8 +243,3 @@ def run(args: argparse.Namespace) -> None:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="crfgan bench preprocess")
-    add_arguments(p)
-    run(p.parse_args())

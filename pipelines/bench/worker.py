@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import psutil
 
@@ -35,3 +36,30 @@ def worker_main(fn) -> None:
         print(json.dumps(fn(json.loads(sys.argv[2]))), flush=True)
     else:
         sys.exit(f"usage: python -m {fn.__module__} --worker JSON (run through `crfgan bench`)")
+
+
+class Sampler:
+    """A context manager that calls ``sample()`` every ``interval`` seconds in a daemon thread while it is open
+    (peak figures of a run: memory of processes, object-store use); ``sample()`` returning False stops it."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def sample(self) -> bool | None:
+        raise NotImplementedError
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.sample() is False:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=5)

@@ -150,7 +150,7 @@ def test_killed_job_rerun_ends_with_exactly_n_volumes(ray_local, registered, mlf
     n, out = 60, tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "MLFLOW_TRACKING_URI": mlflow_server,
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "pipelines.synthesize", "--model", f"models:/{NAME}@candidate", "--count", str(n),
+    cmd = [sys.executable, "-m", "pipelines.cli", "synthesize", "--model", f"models:/{NAME}@candidate", "--count", str(n),
            "--out", str(out), "synth.actors=1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180

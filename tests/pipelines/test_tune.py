@@ -40,6 +40,38 @@ def _trial_states(root: Path) -> dict[str, str]:
     return {s["trial_id"]: s["status"] for s in states}
 
 
+KILL_SPACE = ("metric: val_l1\nmode: min\nfixed:\n  train.iterations: 4\n  train.val_every: 2\n"
+              "  train.log_every: 2\n  train.checkpoint_every: 2\n  eval.quick_volumes: 0\n"
+              "  tune.search: grid\n  tune.num_samples: 1\n  tune.max_concurrent_trials: 1\n"
+              "space:\n  model.crf.iterations: {choice: [1, 2, 3]}\n")
+
+
+
+def _driver_env(ray_local) -> dict:  # a driver process on the test's Ray, importing this checkout
+    return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _kill_driver_when(cmd: list[str], env: dict, log_path: Path, until, what: str, timeout_s: float = 500) -> None:
+    """Start a sweep driver, SIGKILL it as soon as ``until(log text)`` holds (polled; bounded by ``timeout_s``)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline, hit = time.monotonic() + timeout_s, False
+            while time.monotonic() < deadline and proc.poll() is None:
+                if until(log_path.read_text(errors="replace")):
+                    hit = True
+                    break
+                time.sleep(0.2)
+            assert hit and proc.poll() is None, f"the driver was not caught when {what}: {log_path.read_text()[-3000:]}"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
 def test_quick_sweep_tracks_parent_children_and_registers_best(ray_local, tiny_shards, mlflow_server, tmp_path,  # noqa: F811
                                                                 capsys):
     from mlflow.tracking import MlflowClient
@@ -135,35 +167,14 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_local, tiny
     trial, then ``crfgan tune --resume`` completes the sweep. The finished trial's results are not touched again."""
     from pipelines.cli import main as cli_main
 
-    space = _space(tmp_path, "metric: val_l1\nmode: min\nfixed:\n  train.iterations: 4\n  train.val_every: 2\n"
-                             "  train.log_every: 2\n  train.checkpoint_every: 2\n  eval.quick_volumes: 0\n"
-                             "  tune.search: grid\n  tune.num_samples: 1\n  tune.max_concurrent_trials: 1\n"
-                             "space:\n  model.crf.iterations: {choice: [1, 2, 3]}\n")
-    storage = tmp_path / "runs"
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp_path / "driver.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "tune", "--data", tiny_shards, "--space", space,
-                             "--config", "tiny", "--storage", str(storage), "--name", "resume", "--no-mlflow"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    space, storage = _space(tmp_path, KILL_SPACE), tmp_path / "runs"
+    env = _driver_env(ray_local)
     root = storage / "resume"
-    done: list[str] = []
-    try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = [t for t, s in _trial_states(root).items() if s == "TERMINATED"]
-            if done:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, f"the driver ended before it could be killed: {(tmp_path / 'driver.log').read_text()[-3000:]}"
-        assert done, f"no trial finished in time: {(tmp_path / 'driver.log').read_text()[-3000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
+    _kill_driver_when([sys.executable, "-m", "pipelines.cli", "tune", "--data", tiny_shards, "--space", space,
+                       "--config", "tiny", "--storage", str(storage), "--name", "resume", "--no-mlflow"], env,
+                      tmp_path / "driver.log", lambda log: "TERMINATED" in _trial_states(root).values(),
+                      "a trial finished")
+    done = [t for t, s in _trial_states(root).items() if s == "TERMINATED"]
     states = _trial_states(root)
     assert len(states) < 3 or any(s != "TERMINATED" for s in states.values()), "the sweep was already complete"
 
@@ -192,3 +203,58 @@ def test_existing_sweep_name_and_unknown_resume_are_refused(tiny_shards, tmp_pat
     assert rc == 2 and "--resume taken" in capsys.readouterr().err
     assert cli_main(["tune", "--resume", "nothing", "--storage", str(tmp_path)]) == 2
     assert "no sweep 'nothing'" in capsys.readouterr().err
+
+
+def _by_param(rows: list[dict]) -> dict:
+    return {r["model.crf.iterations"]: (r["val_l1"], r["status"], r["stopped_at"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tiny_shards, tmp_path_factory):  # noqa: F811
+    from pipelines.cli import build_parser
+    from pipelines.tune import new_sweep, run as run_sweep
+
+    d = tmp_path_factory.mktemp("ref")
+    args = build_parser().parse_args(["tune", "--data", tiny_shards, "--space", _space(d, KILL_SPACE), "--config",
+                                      "tiny", "--storage", str(d / "runs"), "--name", "ref", "--no-mlflow"])
+    return _by_param(run_sweep(new_sweep(args))["rows"])
+
+
+def _mid_trial(root: Path) -> bool:  # a trial has checkpointed, none has finished
+    states = _trial_states(root)
+    return bool(glob.glob(str(root / "trials" / "**" / "checkpoint_*"), recursive=True)) and \
+        "TERMINATED" not in states.values()
+
+
+def _registering(log: str) -> bool:  # every trial done: the driver prints the table, then registers
+    return "[tune] sweep kill: 3 trials (" in log
+
+
+@pytest.mark.slow  # an uninterrupted sweep, then per phase three trials and a second driver: minutes each
+@pytest.mark.parametrize("phase", ["mid-trial", "registration"])
+def test_a_sweep_killed_at_any_phase_resumes_to_the_uninterrupted_table(phase, uninterrupted, ray_local, tiny_shards,  # noqa: F811
+                                                                         mlflow_server, tmp_path):  # noqa: F811
+    """The driver is SIGKILLed mid-trial (a checkpoint written, no trial finished) or while it registers the best
+    generator; ``--resume`` then ends with the uninterrupted sweep's table, and with one registered version."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tune import read_spec, run as run_sweep
+
+    storage, mlflow_on = tmp_path / "runs", phase == "registration"
+    env = _driver_env(ray_local)
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", "--data", tiny_shards, "--space", _space(tmp_path, KILL_SPACE),
+           "--config", "tiny", "--storage", str(storage), "--name", "kill", *([] if mlflow_on else ["--no-mlflow"]),
+           f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=kill", "mlflow.registered_model=crfgan-kill-test"]
+    root = storage / "kill"
+    until = _registering if mlflow_on else (lambda log: _mid_trial(root))
+    _kill_driver_when(cmd, env, tmp_path / "driver.log", until, phase)
+    out = run_sweep(read_spec(str(storage), "kill"), resume=True)
+    got = _by_param(out["rows"])
+    assert set(got) == set(uninterrupted)
+    for k, (value, status, at) in uninterrupted.items():
+        assert got[k][1:] == (status, at), (phase, k, got[k], uninterrupted[k])
+        assert got[k][0] == pytest.approx(value, rel=1e-5), (phase, k, got[k], uninterrupted[k])
+    if mlflow_on:
+        name, version = out["model"]
+        versions = MlflowClient(mlflow_server).search_model_versions(f"name='{name}'")
+        assert [v.version for v in versions] == [version], "the killed registration left a second version"
