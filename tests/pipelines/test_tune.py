@@ -42,7 +42,7 @@ def _trial_states(root: Path) -> dict[str, str]:
 
 KILL_SPACE = ("metric: val_l1\nmode: min\nfixed:\n  train.iterations: 4\n  train.val_every: 2\n"
               "  train.log_every: 2\n  train.checkpoint_every: 2\n  eval.quick_volumes: 0\n"
-              "  tune.search: grid\n  tune.num_samples: 1\n  tune.max_concurrent_trials: 1\n"
+              "  tune.search: grid\n  tune.num_samples: 1\n  tune.max_concurrent_trials: 1\n  tune.scheduler: fifo\n"
               "space:\n  model.crf.iterations: {choice: [1, 2, 3]}\n")
 
 
@@ -235,7 +235,12 @@ def _registering(log: str) -> bool:  # every trial done: the driver prints the t
 def test_a_sweep_killed_at_any_phase_resumes_to_the_uninterrupted_table(phase, uninterrupted, ray_local, tiny_shards,  # noqa: F811
                                                                          mlflow_server, tmp_path):  # noqa: F811
     """The driver is SIGKILLed mid-trial (a checkpoint written, no trial finished) or while it registers the best
-    generator; ``--resume`` then ends with the uninterrupted sweep's table, and with one registered version."""
+    generator; ``--resume`` then ends with the uninterrupted sweep's table — every trial completed at the last
+    iteration (none keeps a stale mid-run result, which would read "stopped early at 2") with a value close to the
+    uninterrupted one — and with one registered version. Close, not equal: two uninterrupted runs of this sweep
+    already differ by about 0.5 % in val_l1 (0.7251 and 0.7303 for one trial; Ray Data's streamed order), and a trial
+    cut mid-run continues from its checkpoint on another sample order (``pipelines/train_loop.py``). FIFO, not
+    ASHA: with values this close, ASHA's stop decisions follow that noise, not the resume."""
     from mlflow.tracking import MlflowClient
 
     from pipelines.tune import read_spec, run as run_sweep
@@ -248,12 +253,18 @@ def test_a_sweep_killed_at_any_phase_resumes_to_the_uninterrupted_table(phase, u
     root = storage / "kill"
     until = _registering if mlflow_on else (lambda log: _mid_trial(root))
     _kill_driver_when(cmd, env, tmp_path / "driver.log", until, phase)
+    finished = {t for t, st in _trial_states(root).items() if st == "TERMINATED"}
+    cut = {Path(c).relative_to(root / "trials").parts[0] for c in glob.glob(str(root / "trials" / "**" / "checkpoint_*"),
+                                                                             recursive=True)}
     out = run_sweep(read_spec(str(storage), "kill"), resume=True)
     got = _by_param(out["rows"])
+    cut_params = {r["model.crf.iterations"] for r in out["rows"]
+                  if r["trial"] not in finished and any(c.endswith(r["trial"]) for c in cut)}
+    assert (len(cut_params) == 1) == (not mlflow_on), (phase, cut, finished)
     assert set(got) == set(uninterrupted)
     for k, (value, status, at) in uninterrupted.items():
         assert got[k][1:] == (status, at), (phase, k, got[k], uninterrupted[k])
-        assert got[k][0] == pytest.approx(value, rel=1e-5), (phase, k, got[k], uninterrupted[k])
+        assert got[k][0] == pytest.approx(value, rel=0.05), (phase, k, got[k], value)
     if mlflow_on:
         name, version = out["model"]
         versions = MlflowClient(mlflow_server).search_model_versions(f"name='{name}'")
