@@ -240,8 +240,16 @@ def down() -> int:
         time.sleep(0.2)
     for s in live:
         if _group_alive(s["pid"]):
-            os.killpg(s["pid"], signal.SIGKILL)
+            try:
+                os.killpg(s["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         print(f"stopped {s['name']} (pid {s['pid']})")
+    # SIGKILL is delivered at once but a loaded machine takes a moment to end the processes: return when they are
+    # gone (bounded), so that "down" means down
+    deadline = time.monotonic() + 15
+    while any(_group_alive(s["pid"]) for s in live) and time.monotonic() < deadline:
+        time.sleep(0.2)
     temp = state.get("ray_temp", "")
     if temp.startswith(tempfile.gettempdir() + "/crs"):
         shutil.rmtree(temp, ignore_errors=True)
