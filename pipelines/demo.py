@@ -13,22 +13,11 @@ Everything goes under ``--out`` (default ``outputs/demo``); it finishes in a few
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 
+from crfgan.data import SHIPPED, shipped_scans
+
 from .args import add_config_arguments, config_from_args
-
-SHIPPED = ("example_ct.nii.gz", "FLAIR.nii.gz")
-
-
-def shipped_scans() -> list[str]:
-    base = resources.files("crfgan.data")
-    paths = [str(base / name) for name in SHIPPED]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"shipped scans missing from the installed package: {missing}")
-    return paths
-
 
 HELD_OUT_FRACTION = 0.625  # the crop keeps this fraction of the x and y extent, all of z
 

@@ -115,7 +115,7 @@ def upload_scans(paths: list[str], dest: str) -> list[str]:
 
 def demo(args) -> int:
     """``crfgan demo --address URL``: the demo's chain as jobs against a running cluster (``make up``'s stack)."""
-    from pipelines.demo import shipped_scans
+    from crfgan.data import shipped_scans
 
     prefix = args.prefix.rstrip("/")
     if "://" not in prefix:

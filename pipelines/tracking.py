@@ -242,6 +242,28 @@ def register_generator(uri: str, run_id: str, cfg, generator_dir: str, tags: dic
     return name, version
 
 
+def register_checkpoint(uri: str, run_id: str, cfg, checkpoint_dir: str, manifest: dict, data_uri: str,
+                        alias: str | None = None) -> tuple[str, str]:
+    """Register the generator of a training checkpoint (a local folder) under ``run_id``, with the metadata a correct
+    synthetic file needs (``crfgan.synth.metadata_from_shards``); (name, version)."""
+    import json
+
+    from crfgan.checkpoint import load_generator, save_generator
+    from crfgan.shards import manifest_hash
+    from crfgan.synth import metadata_from_shards
+
+    state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
+    digest = manifest_hash(manifest)
+    meta = metadata_from_shards(cfg, data_uri, manifest, digest, cfg.data.s3_endpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        g = load_generator(checkpoint_dir)
+        gdir = save_generator(Path(tmp) / "generator", cfg, g, {"iterations": state["iteration"], "mlflow_run_id": run_id},
+                              meta)
+        tags = {"data_manifest_hash": digest, "git_commit": git_commit(),
+                "iterations": state["iteration"], "config_hash": cfg.hash()}
+        return register_generator(uri, run_id, cfg, str(gdir), tags, alias=alias or ALIAS)
+
+
 # ------------------------------------------------------------------------------------------------ pyfunc model
 try:
     import mlflow.pyfunc as _pyfunc

@@ -25,7 +25,6 @@ import functools
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 from crfgan.storage import s3_endpoint
@@ -207,13 +206,15 @@ def _trainer(cfg, loop_config: dict, storage, datasets: dict, callbacks):
 def _summary(result, cfg, uri, run_id, mlflow_enabled: bool, register: bool, manifest: dict, data_uri: str) -> dict:
     import json
 
+    from pipelines import tracking
+
     summary = {"checkpoint": result.checkpoint.path if result.checkpoint else None, "metrics": dict(result.metrics or {}),
                "run_id": run_id, "tracking_uri": uri, "model": None, "state": None}
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             summary["state"] = json.loads((Path(d) / "state.json").read_text())
             if mlflow_enabled and register:
-                summary["model"] = register_checkpoint(uri, run_id, cfg, d, manifest, data_uri)
+                summary["model"] = tracking.register_checkpoint(uri, run_id, cfg, d, manifest, data_uri)
     return summary
 
 
@@ -264,29 +265,6 @@ def run(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None 
     if mlflow_enabled:
         tracking.end_run(uri, run_id, ok=True)
     return summary
-
-
-def register_checkpoint(uri: str, run_id: str, cfg, checkpoint_dir: str, manifest: dict, data_uri: str,
-                        alias: str | None = None) -> tuple[str, str]:
-    """Register the generator of a training checkpoint (a local folder) under ``run_id``, with the metadata a correct
-    synthetic file needs (``crfgan.synth.metadata_from_shards``); (name, version)."""
-    import json
-
-    from crfgan.checkpoint import load_generator, save_generator
-    from crfgan.shards import manifest_hash
-    from crfgan.synth import metadata_from_shards
-    from pipelines import tracking
-
-    state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
-    digest = manifest_hash(manifest)
-    meta = metadata_from_shards(cfg, data_uri, manifest, digest, cfg.data.s3_endpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        g = load_generator(checkpoint_dir)
-        gdir = save_generator(Path(tmp) / "generator", cfg, g, {"iterations": state["iteration"], "mlflow_run_id": run_id},
-                              meta)
-        tags = {"data_manifest_hash": digest, "git_commit": tracking.git_commit(),
-                "iterations": state["iteration"], "config_hash": cfg.hash()}
-        return tracking.register_generator(uri, run_id, cfg, str(gdir), tags, alias=alias or tracking.ALIAS)
 
 
 def _loop():

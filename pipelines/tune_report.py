@@ -122,7 +122,7 @@ def _register_best(spec: dict, best: dict, child) -> tuple[str, str] | None:
 
     from crfgan.config import config_from_dict
     from crfgan.shards import read_manifest
-    from pipelines.train import register_checkpoint
+    from pipelines.tracking import register_checkpoint
 
     if not best.get("checkpoint") or child is None:
         print(f"[tune] warning: best trial {best['trial']} has no checkpoint or MLflow run; nothing registered",

@@ -39,7 +39,7 @@ from crfgan.io import load_scan
 def generate(folder: Path, n: int, sizes=(128, 256), seed: int = 0, scans: list[str] | None = None) -> list[Path]:
     """``n`` NIfTI volumes from ``scans`` (default: the scans shipped in the package): distinct augmentations per
     (scan, size), then copies under new names."""
-    from pipelines.demo import shipped_scans
+    from crfgan.data import shipped_scans
 
     import torch
     import torch.nn.functional as F

@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace) -> dict:
     from pipelines.runtime import ensure_ray
 
     ensure_ray()
-    from pipelines.demo import shipped_scans
+    from crfgan.data import shipped_scans
 
     scans = [Path(args.data_root) / s for s in SCANS] if args.data_root else [Path(p) for p in shipped_scans()]
     missing = [str(s) for s in scans if not s.exists()]

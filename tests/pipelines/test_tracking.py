@@ -136,7 +136,7 @@ def test_registering_the_same_checkpoint_again_reuses_its_version(tracked_run, t
     from mlflow.tracking import MlflowClient
 
     from crfgan.shards import read_manifest
-    from pipelines.train import register_checkpoint
+    from pipelines.tracking import register_checkpoint
 
     cfg, summary, _ = tracked_run
     name, version = summary["model"]
