@@ -208,7 +208,7 @@ def job_config(model_files: dict, user_cfg):
 
 
 def run(model_uri: str, count: int, out: str, cfg, start: int = 0, seed: int | None = None, fmt: str = "nii.gz",
-            class_name: str | None = None, tracking_uri: str | None = None, log=print) -> dict:
+        class_name: str | None = None, tracking_uri: str | None = None, log=print) -> dict:
     """The job without argument parsing; returns the job manifest (also written to ``out/manifest.json``)."""
     import os
 

@@ -219,8 +219,8 @@ def _summary(result, cfg, uri, run_id, mlflow_enabled: bool, register: bool, man
 
 
 def run(cfg, data_uri: str, mlflow_enabled: bool = True, status_dir: str | None = None,
-                 data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
-                 parent_run_id: str | None = None) -> dict:
+        data_cpus: float | None = None, register: bool = True, callbacks: list | None = None,
+        parent_run_id: str | None = None) -> dict:
     """Fit with Ray Train; returns a summary (checkpoint path, final metrics, MLflow run id, model version).
 
     ``callbacks``: Ray Train ``UserCallback``s (a Tune trial passes its report callback); ``parent_run_id`` nests

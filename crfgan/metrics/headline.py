@@ -11,7 +11,7 @@
 - ``intensity_shift_hu``: the offset that best aligns the synthetic set's intensity-histogram peaks (air, fat,
   soft tissue, bone) with the real set's (best-correlating shift of smoothed log-histograms). The whole-histogram W1
   (``hist_w1_hu``, reported beside it) moves with which anatomy a small set holds — 54 ± 35 HU between two real
-  draws of 32 crops at 32³, so a +100 HU offset hides in it — while peak positions do not (±4 HU between draws).
+  draws of 32 crops at 32³, so a +100 HU offset hides in it — while peak positions do not (0 HU between draws; README).
 - ``dup_ratio``: nearest-other-volume distance, synthetic over real (``crfgan.metrics.swd.dup_ratio_from``).
 - ``seam_score``: the phase-matched seam score (``crfgan.metrics.seam``) at the model's sub-volume borders.
 
@@ -92,8 +92,7 @@ def intensity_shift(h_real, h_syn, modality: str = "ct", window=(-1024.0, 600.0)
     import numpy as np
 
     a, b = np.asarray(h_real, dtype=np.float64), np.asarray(h_syn, dtype=np.float64)
-    n = min(len(a), len(b))
-    a, b = a[:n], b[:n]
+    n = len(a)
     best, arg = -np.inf, 0
     for k in range(-MAX_SHIFT_BINS, MAX_SHIFT_BINS + 1):
         x, y = (a[: n - k], b[k:]) if k >= 0 else (a[-k:], b[: n + k])

@@ -238,7 +238,7 @@ def test_a_sweep_killed_at_any_phase_resumes_to_the_uninterrupted_table(phase, u
     generator; ``--resume`` then ends with the uninterrupted sweep's table — every trial completed at the last
     iteration (none keeps a stale mid-run result, which would read "stopped early at 2") with a value close to the
     uninterrupted one — and with one registered version. Close, not equal: two uninterrupted runs of this sweep
-    already differ by about 0.5 % in val_l1 (0.7251 and 0.7303 for one trial; Ray Data's streamed order), and a trial
+    already differ by about 0.5 % in val_l1 (0.7251 and 0.7303 for one trial; cause not pinned down), and a trial
     cut mid-run continues from its checkpoint on another sample order (``pipelines/train_loop.py``). FIFO, not
     ASHA: with values this close, ASHA's stop decisions follow that noise, not the resume."""
     from mlflow.tracking import MlflowClient
