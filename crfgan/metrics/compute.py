@@ -107,8 +107,7 @@ def compare(real: dict, syn: dict, modality: str, window, ms_real: float, ms_syn
         m["seam_score_real"] = real_seam["seam_score"]
     if real["n"] >= 2 and syn["n"] >= 2:  # the headline (crfgan.metrics.headline) and its terms
         sw = W.score_from(W.reference_from(real["swd"]), syn["swd"])
-        shift = Hd.intensity_shift(Hd.log_histogram_from_counts(real["hist_q"]),
-                                   Hd.log_histogram_from_counts(syn["hist_q"]), modality, window)
+        shift = Hd.intensity_shift(real["hist_q"], syn["hist_q"], modality, window)
         head = Hd.combine(sw["swd_levels"][0], shift, sw["dup_ratio"], m.get("seam_score"))
         m.update(head, intensity_shift_hu=shift, dup_ratio=sw["dup_ratio"],
                  memorisation_ratio=sw["memorisation_ratio"], swd_all=sw["swd"])

@@ -21,21 +21,40 @@ def test_terms_are_zero_inside_their_tolerances_and_grow_beyond():
 def test_intensity_shift_finds_an_offset_in_hu():
     rng = np.random.default_rng(0)
     v = np.clip(rng.choice([-1.0, -0.7, 0.3], size=(4, 16, 16, 16)) + rng.normal(0, 0.02, (4, 16, 16, 16)), -1, 1)
-    h = headline.log_histogram(v)
+    h = headline.histogram_counts(v)
     assert headline.intensity_shift(h, h) == 0.0
-    assert headline.intensity_shift(h, headline.log_histogram(v + 100 / 812)) == pytest.approx(100, abs=8)
-
+    assert headline.intensity_shift(h, headline.histogram_counts(v + 100 / 812)) == pytest.approx(100, abs=8)
+    # air clipped at the window's bottom cannot move down: the clipped levels are left out, so −100 HU reads −100
+    assert headline.intensity_shift(h, headline.histogram_counts(v - 100 / 812)) == pytest.approx(-100, abs=8)
 
 
 @pytest.mark.parametrize("mu,sd", [(0.0, 0.3), (0.0, 0.5), (-0.5, 0.3)])
 def test_intensity_shift_reads_offsets_on_a_broad_single_peak(mu, sd):
-    # one broad peak (a blurry generator's histogram, or MRI): an unnormalised correlation over the shrinking overlap
-    # read 0 here for every offset
+    # one broad peak (a blurry generator's histogram, or MRI)
     v = np.clip(np.random.default_rng(0).normal(mu, sd, (4, 32, 32, 32)), -1, 1).astype(np.float32)
-    h = headline.log_histogram(v)
+    h = headline.histogram_counts(v)
     for hu in (25.0, 100.0, -25.0, -100.0):
-        got = headline.intensity_shift(h, headline.log_histogram(np.clip(v + hu / 812, -1, 1)))
+        got = headline.intensity_shift(h, headline.histogram_counts(np.clip(v + hu / 812, -1, 1)))
         assert got == pytest.approx(hu, abs=max(12.0, 0.12 * abs(hu)))
+
+
+def test_intensity_shift_reads_no_offset_for_blur_and_the_offset_of_a_blurred_set():
+    # blur merges the sharp air/lung/fat/soft-tissue peaks into broad ones: a peak-alignment estimator read 120 HU
+    # for σ = 2 here (it matched the merged peak to the wrong real peak); blur is no offset
+    from scipy.ndimage import gaussian_filter
+
+    from crfgan.phantom import phantom_volume
+
+    vols = np.stack([np.clip((phantom_volume(i, 64, seed=0)[0] + 212) / 812, -1, 1) for i in range(4)])
+    real = headline.histogram_counts(vols[:2])
+    held = vols[2:]
+    assert abs(headline.intensity_shift(real, headline.histogram_counts(held))) < 15
+    for sigma in (1.0, 2.0, 4.0):
+        blurred = np.stack([gaussian_filter(v, sigma) for v in held])
+        assert abs(headline.intensity_shift(real, headline.histogram_counts(blurred))) < 25, sigma
+        got = headline.intensity_shift(real, headline.histogram_counts(np.clip(blurred + 100 / 812, -1, 1)))
+        assert got == pytest.approx(100, abs=25), sigma
+
 
 @pytest.fixture(scope="module")
 def ct():
