@@ -9,7 +9,7 @@ CRFGAN  = $(VENV)/bin/crfgan
 STAMP   = $(VENV)/.installed
 BENCH_OUT ?= bench-results
 
-.PHONY: install demo test test-all bench lint clean up down demo-cluster
+.PHONY: install browser demo test test-all bench lint clean up down demo-cluster
 
 install: $(STAMP)
 
@@ -35,12 +35,22 @@ down:
 demo-cluster: install
 	eval "$$($(PY) infra/local/stack.py env)" && $(CRFGAN) demo --address "$$RAY_API_SERVER_ADDRESS"
 
+# Debian's Chromium for the slice viewer's browser tests (tests/pipelines/bench/test_viewer.py) and `crfgan bench
+# viewer`. Best effort: where it cannot be installed (not root, no apt-get), those two tests are skipped, with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "make: installing Debian's chromium for the browser tests" && \
+	  { DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { timeout 300 apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "make: chromium not installed; the browser tests will be skipped" >&2
+
 # The CI tier: everything but tests marked slow. pytest's exit code 5 (no tests collected) is a failure here.
-test: install
+test: install browser
 	$(PY) -m pytest -q -ra --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test-all: install
+test-all: install browser
 	$(PY) -m pytest -q -ra -m "" --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-all: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

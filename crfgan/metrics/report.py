@@ -2,9 +2,10 @@
 
 Figures: montages (axial, coronal and sagittal mid-slices of the first volumes of each set), intensity histograms
 (HU for CT), radially averaged power spectra, and seam profiles (mean |slice step| per depth boundary, seam
-boundaries marked), and an offline slice viewer in ``index.html`` (one PNG strip of axial slices per set and a
-slider that moves all of them to the same slice; no network, no external script). Every file is written atomically;
-the HTML references only files written here.
+boundaries marked), and an offline slice viewer in ``index.html``: per plane (axial, coronal, sagittal) one PNG
+strip of slices per set and a slider that moves all of them to the same slice; ``index.html#axial=N&coronal=M``
+opens it there. No network, no external script. Every file is written atomically; the HTML references only files
+written here. ``crfgan bench viewer`` screenshots it in headless Chromium.
 """
 
 from __future__ import annotations
@@ -72,14 +73,26 @@ def save_png(fig_or_img, path: Path) -> None:
             fig_or_img.save(tmp, format="PNG")
 
 
-def slice_strip(volumes: np.ndarray, k: int = 4, max_slices: int = 64):
-    """The slice viewer's image: the first ``k`` volumes side by side, one row per axial slice (every slice, or
-    ``max_slices`` evenly spaced), top to bottom; (PIL image, slice indices, one row's height in pixels)."""
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _plane_slice(v: np.ndarray, plane: str, i: int) -> np.ndarray:
+    """Slice ``i`` of a (z, y, x) volume in ``plane``; superior up in the coronal and sagittal views (as montage)."""
+    if plane == "axial":
+        return v[i]
+    return (v[:, i] if plane == "coronal" else v[:, :, i])[::-1]
+
+
+def slice_strip(volumes: np.ndarray, k: int = 4, max_slices: int = 64, plane: str = "axial"):
+    """The slice viewer's image for one plane: the first ``k`` volumes side by side, one row per slice (every slice,
+    or ``max_slices`` evenly spaced), top to bottom; (PIL image, slice indices, one row's height in pixels)."""
     from PIL import Image
 
+    if plane not in PLANES:
+        raise ValueError(f"plane {plane!r}: one of {', '.join(PLANES)}")
     size = volumes.shape[1]
     idx = np.unique(np.linspace(0, size - 1, min(size, max_slices)).round().astype(int))
-    rows = [np.concatenate([v[z] for v in volumes[:k]], axis=1) for z in idx]
+    rows = [np.concatenate([_plane_slice(v, plane, i) for v in volumes[:k]], axis=1) for i in idx]
     img = np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
     scale = max(1, 128 // size)
     return (Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST), idx.tolist(),
@@ -179,13 +192,14 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
         fname = f"montage_{i:02d}.png"
         save_png(montage(vols), out / fname)
         montages[name] = fname
-    strips, viewer = {}, None
+    strips, viewer = {p: {} for p in PLANES}, {}
     for i, (name, vols) in enumerate(volumes.items()):
-        img, idx, row_px = slice_strip(vols)
-        fname = f"slices_{i:02d}.png"
-        save_png(img, out / fname)
-        strips[name] = (fname, img.size[0], row_px)
-        viewer = idx
+        for plane in PLANES:
+            img, idx, row_px = slice_strip(vols, plane=plane)
+            fname = f"slices_{i:02d}_{plane}.png"
+            save_png(img, out / fname)
+            strips[plane][name] = (fname, img.size[0], row_px)
+            viewer[plane] = idx
     figs = _plots(stats, modality, window, seams, out)
     with atomic_local_path(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=float))
@@ -229,17 +243,29 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
     h.write("</ul><h2>Montages (axial | coronal | sagittal)</h2>")
     for name, f in montages.items():
         h.write(f"<div class='m'><b>{e(name)}</b><br><img src='{e(f)}' alt='{e(name)}'></div>")
-    if viewer:  # offline: one PNG strip per set, a slider moves every strip to the same axial slice
-        mid = len(viewer) // 2
-        h.write(f"<h2>Slice viewer (axial; first volumes of each set)</h2><p>slice <span id='z'>{viewer[mid]}</span> "
-                f"<input type='range' min='0' max='{len(viewer) - 1}' value='{mid}' style='width:400px' "
-                "oninput='sl(this.value)'></p>")
-        for name, (f, w, row_px) in strips.items():
-            h.write(f"<div class='m' style='width:auto'><b>{e(name)}</b><div style='overflow:hidden;width:{w}px;"
-                    f"height:{row_px}px'><img class='sv' data-h='{row_px}' src='{e(f)}' alt='{e(name)} slices' "
-                    f"style='max-width:none;border:0;margin-top:-{mid * row_px}px'></div></div>")
-        h.write(f"<script>const Z={json.dumps(viewer)};function sl(k){{document.getElementById('z').textContent=Z[k];"
-                "document.querySelectorAll('.sv').forEach(i=>i.style.marginTop=(-k*i.dataset.h)+'px');}}</script>")
+    if viewer:  # offline: per plane one PNG strip per set, a slider moves that plane's strips to the same slice
+        h.write("<h2 id='viewer'>Slice viewer (first volumes of each set)</h2><p>Drag a slider; a link ending in "
+                "<code>#axial=20&amp;coronal=32</code> opens the viewer at those slices.</p>")
+        for plane, idx in viewer.items():
+            mid = len(idx) // 2
+            h.write(f"<h3>{plane}</h3><p>slice <span id='n-{plane}'>{idx[mid]}</span> <input type='range' "
+                    f"id='s-{plane}' min='0' max='{len(idx) - 1}' value='{mid}' style='width:400px' "
+                    f"oninput=\"sl('{plane}',this.value)\"></p>")
+            for name, (f, w, row_px) in strips[plane].items():
+                h.write(f"<div class='m' style='width:auto'><b>{e(name)}</b><div style='overflow:hidden;width:{w}px;"
+                        f"height:{row_px}px'><img class='sv sv-{plane}' data-h='{row_px}' src='{e(f)}' "
+                        f"alt='{e(name)} {plane} slices' style='max-width:none;border:0;margin-top:-{mid * row_px}px'>"
+                        "</div></div>")
+        h.write(f"<script>const Z={json.dumps(viewer)};function sl(p,k){{"
+                "document.getElementById('n-'+p).textContent=Z[p][k];"
+                "document.querySelectorAll('.sv-'+p).forEach(i=>i.style.marginTop=(-k*i.dataset.h)+'px');}"
+                # #plane=slice in the URL: each named plane's slider to the nearest slice, the viewer scrolled into view
+                "function go(){const q=new URLSearchParams(location.hash.slice(1));let any=false;"
+                "for(const p in Z){if(!q.has(p))continue;const n=+q.get(p);let k=0;"
+                "Z[p].forEach((v,i)=>{if(Math.abs(v-n)<Math.abs(Z[p][k]-n))k=i;});"
+                "document.getElementById('s-'+p).value=k;sl(p,k);any=true;}"
+                "if(any)document.getElementById('viewer').scrollIntoView();}"
+                "window.addEventListener('hashchange',go);window.addEventListener('load',go);</script>")
     h.write("<h2>Statistics</h2>")
     for f in figs.values():
         h.write(f"<div><img src='{e(f)}' alt='{e(f)}'></div>")
@@ -247,5 +273,5 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
     with atomic_local_path(out / "index.html") as tmp:
         Path(tmp).write_text(h.getvalue())
     written = [out / n for n in ("index.html", "report.md", "metrics.json", *montages.values(),
-                                 *(f for f, _, _ in strips.values()), *figs.values())]
+                                 *(f for p in strips.values() for f, _, _ in p.values()), *figs.values())]
     return written

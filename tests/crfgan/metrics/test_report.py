@@ -35,6 +35,26 @@ def test_report_page_has_a_slider_over_every_set(tmp_path):
     result = {"real": {"uri": "r", "n": 2}, "metrics": {"syn": {"quality_score": 1.0}}, "ratios": None, "notes": []}
     write_report(tmp_path, result, vols, stats, "ct", (-1024, 600), [])
     page = (tmp_path / "index.html").read_text()
-    assert "type='range'" in page and page.count("class='sv'") == 2
-    for f in re.findall(r"src='(slices_\d+\.png)'", page):
-        assert (tmp_path / f).is_file()
+    assert page.count("type='range'") == 3  # axial, coronal, sagittal
+    for plane in ("axial", "coronal", "sagittal"):
+        assert page.count(f"class='sv sv-{plane}'") == 2
+    files = re.findall(r"src='(slices_\d+_\w+\.png)'", page)
+    assert len(files) == 6 and all((tmp_path / f).is_file() for f in files)
+    assert "http" not in page.split("<script>")[-1]  # the viewer loads nothing
+
+
+def test_slice_strip_planes_are_the_coronal_and_sagittal_slices():
+    v = np.zeros((1, 16, 16, 16), np.float32)
+    for i in range(16):
+        v[0, :, i, :] += 2 * i / 15 - 1  # brightness encodes y: constant over every coronal slice
+    img, idx, row_px = slice_strip(v, plane="coronal")
+    a = np.asarray(img)
+    firsts = a[::row_px, 0].astype(int)
+    assert np.all(np.diff(firsts) > 0)  # row k is coronal slice k
+    assert np.ptp(a[:row_px]) == 0  # one coronal slice is uniform here
+    img, _, _ = slice_strip(v, plane="sagittal")
+    assert np.ptp(np.asarray(img)[0]) > 0  # a sagittal slice crosses y (across the row)
+    import pytest
+
+    with pytest.raises(ValueError, match="plane"):
+        slice_strip(v, plane="oblique")

@@ -1,0 +1,117 @@
+"""``crfgan bench viewer``: open an evaluation report's offline slice viewer in headless Chromium and save a
+screenshot — what a person sees, from ``file://`` with networking off.
+
+    crfgan bench viewer outputs/eval --out viewer.png --slice axial=20 --slice coronal=32
+
+``--slice PLANE=N`` moves that plane's slider to slice N through the page's own ``#axial=N&…`` link (the viewer's
+script, not this tool, moves it). The tool then reads the slice labels back from the page Chromium rendered and
+prints them, so a broken viewer script shows as a mismatch, not as a plausible picture. The window is tall enough
+for the whole report (a headless screenshot of a scrolled page can come out blank). Needs a Chromium binary
+(Debian: ``apt-get install chromium``; or ``--chromium PATH`` / ``$CRFGAN_CHROMIUM``); without one the run fails
+with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PLANES = ("axial", "coronal", "sagittal")
+# no network, no first-run, sync or component traffic: this machine's closed network refuses it, and a report needs none
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         "--virtual-time-budget=3000")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("report", help="a report folder (crfgan evaluate --report) or its index.html")
+    p.add_argument("--out", default="viewer.png", help="the screenshot PNG (default viewer.png)")
+    p.add_argument("--slice", action="append", default=[], metavar="PLANE=N",
+                   help=f"a slider position ({', '.join(PLANES)}), repeatable")
+    p.add_argument("--size", default="1200x3600", help="window WIDTHxHEIGHT in pixels (default 1200x3600)")
+    p.add_argument("--chromium", default=os.environ.get("CRFGAN_CHROMIUM", ""),
+                   help="the Chromium binary (default: $CRFGAN_CHROMIUM, else chromium on PATH)")
+
+
+def find_chromium(given: str = "") -> str | None:
+    for c in ([given] if given else []) + ["chromium", "chromium-browser", "google-chrome"]:
+        path = shutil.which(c) if c else None
+        if path:
+            return path
+    return None
+
+
+def fragment(slices: list[str]) -> str:
+    parts = []
+    for s in slices:
+        plane, _, n = s.partition("=")
+        if plane not in PLANES or not n.strip().lstrip("-").isdigit():
+            raise ValueError(f"--slice {s!r}: want PLANE=N with PLANE one of {', '.join(PLANES)}")
+        parts.append(f"{plane}={int(n)}")
+    return "&".join(parts)
+
+
+def _chromium(exe: str, profile: str, args: list[str], url: str, timeout_s: float) -> subprocess.CompletedProcess:
+    return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}/u", *args, url], capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def slider_state(page: Path, frag: str = "", chromium: str = "", timeout_s=60.0) -> dict[str, int]:
+    """The slice number each plane's label shows after Chromium ran the page's script at ``#frag``."""
+    exe = find_chromium(chromium)
+    if exe is None:
+        raise FileNotFoundError("no Chromium found (install Debian's chromium, or give --chromium PATH)")
+    with tempfile.TemporaryDirectory() as profile:
+        r = _chromium(exe, profile, ["--dump-dom"], page.resolve().as_uri() + (f"#{frag}" if frag else ""), timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"chromium exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    return {p: int(n) for p, n in re.findall(r"""id=["']n-(\w+)["']>(-?\d+)<""", r.stdout)}
+
+
+def screenshot(page: Path, out: Path, frag: str = "", size=(1280, 1000), chromium: str = "", timeout_s=60.0) -> Path:
+    """Chromium's screenshot of ``page`` (a local HTML file) at ``#frag``; written atomically to ``out``."""
+    exe = find_chromium(chromium)
+    if exe is None:
+        raise FileNotFoundError("no Chromium found (install Debian's chromium, or give --chromium PATH)")
+    url = page.resolve().as_uri() + (f"#{frag}" if frag else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        tmp = Path(profile) / "shot.png"
+        r = _chromium(exe, profile, [f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}"], url, timeout_s)
+        if r.returncode != 0 or not tmp.is_file():
+            raise RuntimeError(f"chromium exited {r.returncode} without a screenshot: {r.stderr.strip()[-300:]}")
+        shutil.move(str(tmp), out)
+    return out
+
+
+def run(args) -> int:
+    page = Path(args.report)
+    page = page / "index.html" if page.is_dir() else page
+    if not page.is_file():
+        print(f"bench viewer: {page}: no report page there (run crfgan evaluate --report DIR first)", file=sys.stderr)
+        return 2
+    try:
+        w, h = (int(x) for x in args.size.lower().split("x"))
+        frag = fragment(args.slice)
+        out = screenshot(page, Path(args.out), frag, (w, h), args.chromium)
+        shown = slider_state(page, frag, args.chromium)
+    except (ValueError, FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f"bench viewer: {e}", file=sys.stderr)
+        return 2
+    print(f"[bench viewer] {page} → {out}; slices shown: "
+          + (", ".join(f"{p} {n}" for p, n in shown.items()) or "none (no slice viewer on this page)"))
+    asked = dict(x.split("=") for x in frag.split("&")) if frag else {}
+    wrong = {p: (int(n), shown.get(p)) for p, n in asked.items() if shown.get(p) != int(n)}
+    if wrong:  # the nearest slice the viewer has can differ from N when it shows every k-th slice
+        print("bench viewer: the page shows other slices than asked (asked, shown): "
+              + ", ".join(f"{p} {a}→{b}" for p, (a, b) in wrong.items()), file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"page": str(page), "screenshot": str(out), "asked": asked,
+                                               "shown": shown}, indent=1))
+    return 0
