@@ -118,8 +118,10 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
     from pipelines.runtime import data_context
 
     # no Ray Data progress bars for the training input: an endless stream of epochs read inside Ray Train's split
-    # coordinator, whose bars reach the console as hundreds of raw log lines; the trainer reports its own progress
-    with data_context(enable_progress_bars=False):
+    # coordinator, whose bars reach the console as hundreds of raw log lines; the trainer reports its own progress.
+    # Rows in the seeded item order (read tasks finish out of order otherwise): a rerun with the same seed sees the
+    # same volumes in the same order (Ray Train's ingest gets the same option in _trainer)
+    with data_context(enable_progress_bars=False, execution_options=ordered_execution()):
         train = read("train", min_rows=EPOCH_MIN_ROWS)
         if train is None:
             raise ValueError(f"{data_uri}: the manifest lists no train shards (splits: {manifest.get('counts', {})})")
@@ -199,8 +201,21 @@ def _trainer(cfg, loop_config: dict, storage, datasets: dict, callbacks):
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                              callbacks=list(callbacks or [])),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: rank 0 streams its first volumes
+        # val: rank 0 streams its first volumes; both in the seeded order, so a rerun with one worker is identical
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ordered_execution(
+            DataConfig.default_ingest_options())),
     )
+
+
+def ordered_execution(options=None):
+    """A copy of Ray Data's execution options (the current context's by default) with ``preserve_order`` on."""
+    import copy
+
+    import ray.data
+
+    opts = copy.deepcopy(options if options is not None else ray.data.DataContext.get_current().execution_options)
+    opts.preserve_order = True
+    return opts
 
 
 def _summary(result, cfg, uri, run_id, mlflow_enabled: bool, register: bool, manifest: dict, data_uri: str) -> dict:

@@ -157,8 +157,9 @@ class StoreSampler(Sampler):
 
 
 def feed_case(data_uri: str, size: int, cpus: int, deliver: int | None, batch: int, storage: str,
-              endpoint: str = "", seed: int = 0) -> dict:
-    """One measured case: training's datasets over ``data_uri`` into one TorchTrainer worker."""
+              endpoint: str = "", seed: int = 0, ordered: bool = True) -> dict:
+    """One measured case: training's datasets over ``data_uri`` into one TorchTrainer worker (rows in the seeded
+    order as training reads them; ``ordered=False``: as read tasks finish, to measure what the order costs)."""
     import ray
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import DataConfig, RunConfig, ScalingConfig
@@ -166,7 +167,7 @@ def feed_case(data_uri: str, size: int, cpus: int, deliver: int | None, batch: i
 
     from crfgan.config import load_config
     from crfgan.shards import read_manifest
-    from pipelines.train import EPOCH_MIN_ROWS, _datasets
+    from pipelines.train import EPOCH_MIN_ROWS, _datasets, ordered_execution
 
     overrides = [f"model.image_size={size}", f"train.batch_size={batch}", f"train.seed={seed}"]
     if endpoint:
@@ -180,6 +181,8 @@ def feed_case(data_uri: str, size: int, cpus: int, deliver: int | None, batch: i
     out = os.path.join(storage, f"figures-{time.time_ns()}.json")
     os.makedirs(storage, exist_ok=True)
     limits = ExecutionOptions(resource_limits=ExecutionResources(cpu=cpus))
+    if ordered:
+        limits = ordered_execution(limits)
     trainer = TorchTrainer(
         feed_loop, train_loop_config={"batch": batch, "deliver": deliver, "seed": seed, "out": out},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
@@ -227,6 +230,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="volumes the worker takes per case (default 0: one training epoch, max(volumes, 256) rows)")
     p.add_argument("--cpus", default="1,2", help="comma-separated CPU caps of the Ray Data pipeline (default 1,2)")
     p.add_argument("--source", default="local", help="comma-separated: local, s3 (moto on 127.0.0.1) (default local)")
+    p.add_argument("--order", default="preserved",
+                   help="comma-separated: preserved (the seeded order training reads, default), unordered (rows as "
+                        "read tasks finish: what the order costs)")
     p.add_argument("--batch", type=int, default=4, help="batch size of the training iterator (default 4)")
     p.add_argument("--workdir", default=None, help="where shards and run folders go (default: a temp folder)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
@@ -245,9 +251,11 @@ def measure(args: argparse.Namespace) -> dict:
     from pipelines.bench.table import emit
 
     sizes, cpus, sources = _csv(args.sizes, int), _csv(args.cpus, int), _csv(args.source)
-    bad = [s for s in sources if s not in ("local", "s3")]
-    if bad or not sizes or not cpus or min(cpus) < 1 or args.volumes < 1 or args.batch < 1:
-        raise SystemExit(f"bench feed: --source takes local,s3 (got {args.source!r}); --sizes, --cpus (≥ 1), "
+    orders = list(dict.fromkeys(_csv(getattr(args, "order", "preserved"))))
+    bad = [s for s in sources if s not in ("local", "s3")] + [o for o in orders if o not in ("preserved", "unordered")]
+    if bad or not orders or not sizes or not cpus or min(cpus) < 1 or args.volumes < 1 or args.batch < 1:
+        raise SystemExit(f"bench feed: --source takes local,s3 (got {args.source!r}), --order preserved,unordered; "
+                         "--sizes, --cpus (≥ 1), "
                          "--volumes (≥ 1) and --batch (≥ 1) must be given")
     server, endpoint = _moto() if "s3" in sources else (None, "")
     import ray
@@ -272,31 +280,35 @@ def measure(args: argparse.Namespace) -> dict:
                                           region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
                         uris[src] = f"s3://{bucket}/shards"
                     write_shards(uris[src], size, args.volumes, val=1, endpoint=endpoint if src == "s3" else "")
-                for src in sources:
-                    for c in cpus:
-                        r = feed_case(uris[src], size, c, args.deliver or None, args.batch, f"{tmp}/runs",
-                                      endpoint if src == "s3" else "")
-                        row = {"size": size, "source": src, "data_cpus": c, **{k: r.get(k) for k in (
-                            "volumes_in_shards", "delivered", "distinct", "vol_per_s", "total_s", "first_batch_s",
-                            "rss_first_mb", "rss_end_mb", "peak_rss_mb", "store_peak_mb", "shard_mb_per_volume")}}
-                        row["MB_per_s_f32"] = r["vol_per_s"] * 4 * size**3 / 2**20 if r.get("vol_per_s") else None
-                        rows.append(row)
-                        if args.json:  # the rows so far, so a killed or timed-out run keeps its measured cases
-                            from crfgan.storage import write_text_atomic
+                for src, c, order in ((s_, c_, o_) for s_ in sources for c_ in cpus for o_ in orders):
+                    r = feed_case(uris[src], size, c, args.deliver or None, args.batch, f"{tmp}/runs",
+                                  endpoint if src == "s3" else "", ordered=order == "preserved")
+                    row = {"size": size, "source": src, "data_cpus": c, "order": order, **{k: r.get(k) for k in (
+                        "volumes_in_shards", "delivered", "distinct", "vol_per_s", "total_s", "first_batch_s",
+                        "rss_first_mb", "rss_end_mb", "peak_rss_mb", "store_peak_mb", "shard_mb_per_volume")}}
+                    row["MB_per_s_f32"] = r["vol_per_s"] * 4 * size**3 / 2**20 if r.get("vol_per_s") else None
+                    rows.append(row)
+                    if args.json:  # the rows so far, so a killed or timed-out run keeps its measured cases
+                        from crfgan.storage import write_text_atomic
 
-                            write_text_atomic(args.json, json.dumps({"partial": True, "rows": rows}, indent=2))
-                        print(f"  {size}³ {src} {c} CPU: {row['vol_per_s'] or 0:.2f} volumes/s, "
-                              f"{row['delivered']} delivered ({row['distinct']} distinct)", flush=True)
+                        write_text_atomic(args.json, json.dumps({"partial": True, "rows": rows}, indent=2))
+                    print(f"  {size}³ {src} {c} CPU {order}: {row['vol_per_s'] or 0:.2f} volumes/s, "
+                          f"{row['delivered']} delivered ({row['distinct']} distinct)", flush=True)
     finally:
         if server is not None:
             server.stop()
+    def same(x, r, **k):
+        return all(x[f] == k.get(f, r[f]) for f in ("size", "source", "data_cpus", "order"))
+
     for r in rows:
-        one = next((x for x in rows if x["size"] == r["size"] and x["source"] == r["source"]
-                    and x["data_cpus"] == min(cpus)), None)
+        if len(orders) > 1:  # what the seeded order costs, like for like
+            un = next((x for x in rows if same(x, r, order="unordered")), None)
+            r["x_vs_unordered"] = r["vol_per_s"] / un["vol_per_s"] if un and un["vol_per_s"] and r["vol_per_s"] \
+                else None
+        one = next((x for x in rows if same(x, r, data_cpus=min(cpus))), None)
         r[f"x_vs_{min(cpus)}cpu"] = r["vol_per_s"] / one["vol_per_s"] if one and one["vol_per_s"] and r["vol_per_s"] \
             else None
-        loc = next((x for x in rows if x["size"] == r["size"] and x["source"] == "local"
-                    and x["data_cpus"] == r["data_cpus"]), None)
+        loc = next((x for x in rows if same(x, r, source="local")), None)
         r["x_vs_local"] = r["vol_per_s"] / loc["vol_per_s"] if loc and loc["vol_per_s"] and r["vol_per_s"] else None
         r["x_vs_1gpu_hagan"] = r["vol_per_s"] / HAGAN_VOL_PER_S_PER_GPU if r["size"] == 256 and r["vol_per_s"] \
             else None
