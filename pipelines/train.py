@@ -120,7 +120,8 @@ def _datasets(cfg, data_uri: str, manifest: dict, data_cpus: float):
     # no Ray Data progress bars for the training input: an endless stream of epochs read inside Ray Train's split
     # coordinator, whose bars reach the console as hundreds of raw log lines; the trainer reports its own progress.
     # Rows in the seeded item order (read tasks finish out of order otherwise): a rerun with the same seed sees the
-    # same volumes in the same order (Ray Train's ingest gets the same option in _trainer)
+    # same volumes in the same order when the datasets are iterated directly (Ray Train's ingest options are not
+    # changed: setting them printed a Ray deprecation warning in the demo)
     with data_context(enable_progress_bars=False, execution_options=ordered_execution()):
         train = read("train", min_rows=EPOCH_MIN_ROWS)
         if train is None:
@@ -201,9 +202,7 @@ def _trainer(cfg, loop_config: dict, storage, datasets: dict, callbacks):
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                              callbacks=list(callbacks or [])),
         datasets=datasets,
-        # val: rank 0 streams its first volumes; both in the seeded order, so a rerun with one worker is identical
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ordered_execution(
-            DataConfig.default_ingest_options())),
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: rank 0 streams its first volumes
     )
 
 
