@@ -13,9 +13,9 @@
   every quantile by itself, so the median reads it exactly; a change in tissue proportions (which anatomy a small set
   holds) moves only the levels at tissue boundaries, and blur moves them both ways, so the median stays near 0. The
   whole-histogram W1 (``hist_w1_hu``, reported beside it) is the *mean* |difference|: 54 ± 35 HU between two real
-  draws of 32 crops at 32³, so a +100 HU offset hides in it. (An earlier estimator aligned histogram peaks; on the
-  peak-less histograms of blurred generators it matched the one broad peak to the wrong real peak and read 120–160
-  HU for blur alone.)
+  draws of 32 crops at 32³, so a +100 HU offset hides in it. (An earlier estimator aligned histogram peaks; on
+  peak-less histograms it matched the one broad peak to the wrong real peak: 120 HU for blur σ = 2 alone on phantoms,
+  144–184 HU on early HA-GAN samples; README.)
 - ``dup_ratio``: nearest-other-volume distance, synthetic over real (``crfgan.metrics.swd.dup_ratio_from``).
 - ``seam_score``: the phase-matched seam score (``crfgan.metrics.seam``) at the model's sub-volume borders.
 

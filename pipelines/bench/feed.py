@@ -158,8 +158,8 @@ class StoreSampler(Sampler):
 
 def feed_case(data_uri: str, size: int, cpus: int, deliver: int | None, batch: int, storage: str,
               endpoint: str = "", seed: int = 0, ordered: bool = True) -> dict:
-    """One measured case: training's datasets over ``data_uri`` into one TorchTrainer worker (rows in the seeded
-    order as training reads them; ``ordered=False``: as read tasks finish, to measure what the order costs)."""
+    """One measured case: training's datasets over ``data_uri`` into one TorchTrainer worker, the ingest with Ray
+    Data's ``preserve_order`` (``ordered=False``: rows as read tasks finish, what crfgan train's ingest does today)."""
     import ray
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import DataConfig, RunConfig, ScalingConfig
@@ -231,8 +231,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", default="1,2", help="comma-separated CPU caps of the Ray Data pipeline (default 1,2)")
     p.add_argument("--source", default="local", help="comma-separated: local, s3 (moto on 127.0.0.1) (default local)")
     p.add_argument("--order", default="preserved",
-                   help="comma-separated: preserved (the seeded order training reads, default), unordered (rows as "
-                        "read tasks finish: what the order costs)")
+                   help="comma-separated: preserved (the ingest keeps the seeded item order; default), unordered (rows "
+                        "as read tasks finish, as crfgan train's ingest does today): what a reproducible order costs")
     p.add_argument("--batch", type=int, default=4, help="batch size of the training iterator (default 4)")
     p.add_argument("--workdir", default=None, help="where shards and run folders go (default: a temp folder)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")

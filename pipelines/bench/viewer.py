@@ -47,46 +47,48 @@ def find_chromium(given: str = "") -> str | None:
     return None
 
 
-def fragment(slices: list[str]) -> str:
-    parts = []
+def parse_slices(slices: list[str]) -> dict[str, int]:
+    """``["axial=20", …]`` → ``{"axial": 20, …}``; a ValueError naming the bad one."""
+    out = {}
     for s in slices:
         plane, _, n = s.partition("=")
         if plane not in PLANES or not n.strip().lstrip("-").isdigit():
             raise ValueError(f"--slice {s!r}: want PLANE=N with PLANE one of {', '.join(PLANES)}")
-        parts.append(f"{plane}={int(n)}")
-    return "&".join(parts)
+        out[plane] = int(n)
+    return out
 
 
-def _chromium(exe: str, profile: str, args: list[str], url: str, timeout_s: float) -> subprocess.CompletedProcess:
+def _url(page: Path, frag: str) -> str:
+    return page.resolve().as_uri() + (f"#{frag}" if frag else "")
+
+
+def _chromium(chromium: str, profile: str, args: list[str], url: str, timeout_s: float) -> subprocess.CompletedProcess:
+    exe = find_chromium(chromium)
+    if exe is None:
+        raise FileNotFoundError("no Chromium found (install Debian's chromium, or give --chromium PATH)")
     return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}/u", *args, url], capture_output=True, text=True,
                           timeout=timeout_s)
 
 
 def slider_state(page: Path, frag: str = "", chromium: str = "", timeout_s=60.0) -> dict[str, int]:
     """The slice number each plane's label shows after Chromium ran the page's script at ``#frag``."""
-    exe = find_chromium(chromium)
-    if exe is None:
-        raise FileNotFoundError("no Chromium found (install Debian's chromium, or give --chromium PATH)")
     with tempfile.TemporaryDirectory() as profile:
-        r = _chromium(exe, profile, ["--dump-dom"], page.resolve().as_uri() + (f"#{frag}" if frag else ""), timeout_s)
+        r = _chromium(chromium, profile, ["--dump-dom"], _url(page, frag), timeout_s)
     if r.returncode != 0:
         raise RuntimeError(f"chromium exited {r.returncode}: {r.stderr.strip()[-300:]}")
     return {p: int(n) for p, n in re.findall(r"""id=["']n-(\w+)["']>(-?\d+)<""", r.stdout)}
 
 
 def screenshot(page: Path, out: Path, frag: str = "", size=(1280, 1000), chromium: str = "", timeout_s=60.0) -> Path:
-    """Chromium's screenshot of ``page`` (a local HTML file) at ``#frag``; written atomically to ``out``."""
-    exe = find_chromium(chromium)
-    if exe is None:
-        raise FileNotFoundError("no Chromium found (install Debian's chromium, or give --chromium PATH)")
-    url = page.resolve().as_uri() + (f"#{frag}" if frag else "")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        tmp = Path(profile) / "shot.png"
-        r = _chromium(exe, profile, [f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}"], url, timeout_s)
-        if r.returncode != 0 or not tmp.is_file():
+    """Chromium's screenshot of ``page`` (a local HTML file) at ``#frag``, written atomically to ``out``."""
+    from crfgan.storage import atomic_local_path
+
+    with tempfile.TemporaryDirectory() as profile, atomic_local_path(out, suffix=".png") as tmp:
+        os.remove(tmp)  # so that an existing file below means Chromium wrote it
+        r = _chromium(chromium, profile, [f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}"],
+                      _url(page, frag), timeout_s)
+        if r.returncode != 0 or not os.path.isfile(tmp):
             raise RuntimeError(f"chromium exited {r.returncode} without a screenshot: {r.stderr.strip()[-300:]}")
-        shutil.move(str(tmp), out)
     return out
 
 
@@ -98,7 +100,8 @@ def run(args) -> int:
         return 2
     try:
         w, h = (int(x) for x in args.size.lower().split("x"))
-        frag = fragment(args.slice)
+        asked = parse_slices(args.slice)
+        frag = "&".join(f"{p}={n}" for p, n in asked.items())
         out = screenshot(page, Path(args.out), frag, (w, h), args.chromium)
         shown = slider_state(page, frag, args.chromium)
     except (ValueError, FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as e:
@@ -106,8 +109,7 @@ def run(args) -> int:
         return 2
     print(f"[bench viewer] {page} → {out}; slices shown: "
           + (", ".join(f"{p} {n}" for p, n in shown.items()) or "none (no slice viewer on this page)"))
-    asked = dict(x.split("=") for x in frag.split("&")) if frag else {}
-    wrong = {p: (int(n), shown.get(p)) for p, n in asked.items() if shown.get(p) != int(n)}
+    wrong = {p: (n, shown.get(p)) for p, n in asked.items() if shown.get(p) != n}
     if wrong:  # the nearest slice the viewer has can differ from N when it shows every k-th slice
         print("bench viewer: the page shows other slices than asked (asked, shown): "
               + ", ".join(f"{p} {a}→{b}" for p, (a, b) in wrong.items()), file=sys.stderr)
