@@ -260,11 +260,12 @@ def write_report(out_dir: str | Path, result: dict, volumes: dict[str, np.ndarra
                 "document.getElementById('n-'+p).textContent=Z[p][k];"
                 "document.querySelectorAll('.sv-'+p).forEach(i=>i.style.marginTop=(-k*i.dataset.h)+'px');}"
                 # #plane=slice in the URL: each named plane's slider to the nearest slice, the viewer scrolled into view
+                # (not with scroll=0: bench viewer's screenshots, where a scrolled headless page paints partly blank)
                 "function go(){const q=new URLSearchParams(location.hash.slice(1));let any=false;"
                 "for(const p in Z){if(!q.has(p))continue;const n=+q.get(p);let k=0;"
                 "Z[p].forEach((v,i)=>{if(Math.abs(v-n)<Math.abs(Z[p][k]-n))k=i;});"
                 "document.getElementById('s-'+p).value=k;sl(p,k);any=true;}"
-                "if(any)document.getElementById('viewer').scrollIntoView();}"
+                "if(any&&q.get('scroll')!=='0')document.getElementById('viewer').scrollIntoView();}"
                 "window.addEventListener('hashchange',go);window.addEventListener('load',go);</script>")
     h.write("<h2>Statistics</h2>")
     for f in figs.values():

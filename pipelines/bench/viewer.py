@@ -5,8 +5,9 @@ screenshot — what a person sees, from ``file://`` with networking off.
 
 ``--slice PLANE=N`` moves that plane's slider to slice N through the page's own ``#axial=N&…`` link (the viewer's
 script, not this tool, moves it). The tool then reads the slice labels back from the page Chromium rendered and
-prints them, so a broken viewer script shows as a mismatch, not as a plausible picture. The window is tall enough
-for the whole report (a headless screenshot of a scrolled page can come out blank). Needs a Chromium binary
+prints them, so a broken viewer script shows as a mismatch, not as a plausible picture. The screenshot is of the
+page's top, unscrolled (``scroll=0`` in the link: a headless screenshot of a scrolled page comes out partly blank),
+so the default window is tall enough for the report's viewer. Needs a Chromium binary
 (Debian: ``apt-get install chromium``; or ``--chromium PATH`` / ``$CRFGAN_CHROMIUM``); without one the run fails
 with one line.
 """
@@ -26,7 +27,9 @@ PLANES = ("axial", "coronal", "sagittal")
 # no network, no first-run, sync or component traffic: this machine's closed network refuses it, and a report needs none
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--virtual-time-budget=3000")
+         "--virtual-time-budget=3000",
+         # the capture waits for every paint of the frame: under load a screenshot otherwise missed strips
+         "--run-all-compositor-stages-before-draw")
 
 
 def add_arguments(p) -> None:
@@ -34,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="viewer.png", help="the screenshot PNG (default viewer.png)")
     p.add_argument("--slice", action="append", default=[], metavar="PLANE=N",
                    help=f"a slider position ({', '.join(PLANES)}), repeatable")
-    p.add_argument("--size", default="1200x3600", help="window WIDTHxHEIGHT in pixels (default 1200x3600)")
+    p.add_argument("--size", default="1200x3600", help="window WIDTHxHEIGHT in pixels (default 1200x3600); the screenshot is the "
+                        "page's top, unscrolled, this tall")
     p.add_argument("--chromium", default=os.environ.get("CRFGAN_CHROMIUM", ""),
                    help="the Chromium binary (default: $CRFGAN_CHROMIUM, else chromium on PATH)")
 
@@ -80,13 +84,13 @@ def slider_state(page: Path, frag: str = "", chromium: str = "", timeout_s=60.0)
 
 
 def screenshot(page: Path, out: Path, frag: str = "", size=(1280, 1000), chromium: str = "", timeout_s=60.0) -> Path:
-    """Chromium's screenshot of ``page`` (a local HTML file) at ``#frag``, written atomically to ``out``."""
+    """Chromium's screenshot of ``page`` (a local HTML file) at ``#frag``, unscrolled, written atomically to ``out``."""
     from crfgan.storage import atomic_local_path
 
     with tempfile.TemporaryDirectory() as profile, atomic_local_path(out, suffix=".png") as tmp:
         os.remove(tmp)  # so that an existing file below means Chromium wrote it
         r = _chromium(chromium, profile, [f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}"],
-                      _url(page, frag), timeout_s)
+                      _url(page, "&".join(x for x in (frag, "scroll=0") if x)), timeout_s)
         if r.returncode != 0 or not os.path.isfile(tmp):
             raise RuntimeError(f"chromium exited {r.returncode} without a screenshot: {r.stderr.strip()[-300:]}")
     return out
