@@ -39,6 +39,7 @@ def test_screenshots_show_the_slice_the_slider_is_on(report, tmp_path):
     b = viewer.screenshot(report, tmp_path / "b.png", "axial=31", size=(900, 2400))
     ia, ib = (np.asarray(Image.open(p).convert("L"), dtype=np.int16) for p in (a, b))
     assert ia.shape == ib.shape == (2400, 900)
+    assert (ia[:80] < 100).sum() > 500 and (ib[:80] < 100).sum() > 500  # the page's title painted: not scrolled
     diff = np.abs(ia - ib) > 100  # slice 0 is black and slice 31 white in "real" (and the reverse in "syn")
     assert diff.sum() > 2 * 128 * 128  # at least the two 128-pixel views of volume pair 1 changed
     rows = np.nonzero(diff.any(axis=1))[0]
