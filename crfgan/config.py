@@ -69,6 +69,7 @@ class ModelConfig:
     d_low_channels: int = 256  # HA-GAN D^L width (reference: 256)
     sub_encoder_channels: int = 256  # HA-GAN sub-encoder E^G width (reference: 256)
     activation_checkpointing: bool = False  # recompute G^A blocks in backward: less memory, more compute
+    fused_upsample: bool = True  # conv(up2(x)) as 8 phase convs of 2³ summed taps: the same function, 27/8 fewer MACs
     num_classes: int = 0  # 0: unconditional; K > 0: the reference's num_class mode (one-hot class joins z, D class head)
     lambda_class: float = 0.1  # weight of the generator's class cross-entropy (reference --lambda-class 0.1)
     class_names: list[str] = field(default_factory=list)  # index → name; the trainer fills it from train.class_column

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .layers import apply_group_norm, group_norm, log2_int, up2
+from .layers import apply_group_norm, group_norm, log2_int, up2_conv
 from .render import render_one_pass, render_tiled
 
 
@@ -50,16 +50,19 @@ class EmbeddingGenerator(nn.Module):
             self.blocks.append(nn.Sequential(nn.Conv3d(cin, w, 3, padding=1), group_norm(w), nn.ReLU()))
             cin = w
         self.activation_checkpointing = cfg.activation_checkpointing
+        self.fused_upsample = cfg.fused_upsample
+
+    def _block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        conv, rest = self.blocks[i][0], self.blocks[i][1:]
+        return rest(up2_conv(conv, h, self.fused_upsample) if self.up_before[i] else conv(h))
 
     def forward(self, z: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(with_class(z, class_index, self.num_classes)).view(z.shape[0], self.base, 4, 4, 4)  # (B, 16c, 4³)
-        for up, block in zip(self.up_before, self.blocks):
-            if up:
-                h = up2(h)
+        for i in range(len(self.blocks)):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, use_reentrant=False)
+                h = checkpoint(self._block, i, h, use_reentrant=False)
             else:
-                h = block(h)
+                h = self._block(i, h)
         return h  # (B, Ce, E, E, E)
 
 
@@ -100,6 +103,11 @@ class SlabRenderer(nn.Module):
             if i < n - 1:
                 self.norms.append(group_norm(w))
             cin = w
+        self.fused_upsample = cfg.fused_upsample
+
+    def stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Stage ``i``'s nearest ×2 upsampling and conv (``crfgan.layers.up2_conv``), before its norm."""
+        return up2_conv(self.convs[i], h, self.fused_upsample)
 
     def forward(self, a: torch.Tensor, norm_stats: list | None = None) -> torch.Tensor:
         """Render ``a`` (B, Ce, e, E, E) → (B, 1, e·S/E, S, S).
@@ -108,8 +116,8 @@ class SlabRenderer(nn.Module):
         statistics of this input (the tiled renderer passes whole-volume statistics).
         """
         h = a
-        for i, conv in enumerate(self.convs):
-            h = conv(up2(h))
+        for i in range(len(self.convs)):
+            h = self.stage(i, h)
             if i < len(self.norms):
                 stats = norm_stats[i] if norm_stats is not None else None
                 h = F.relu(apply_group_norm(self.norms[i], h, stats))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .layers import apply_group_norm, up2
+from .layers import apply_group_norm
 
 if TYPE_CHECKING:  # annotations only: render.py never imports generator.py at run time (generator imports us)
     from .generator import SlabRenderer
@@ -49,7 +49,7 @@ def _pre_norm(renderer: SlabRenderer, a: torch.Tensor, layer: int, stats: list) 
     """Run G^H up to conv ``layer`` (inclusive) and return its output before that layer's GroupNorm."""
     h = a
     for i in range(layer + 1):
-        h = renderer.convs[i](up2(h))
+        h = renderer.stage(i, h)
         if i < layer:
             h = F.relu(apply_group_norm(renderer.norms[i], h, stats[i]))
     return h

@@ -10,7 +10,8 @@ inputs (the shards are synthetic phantoms written by ``pipelines.bench.feed.writ
 
 1. ``train-step``: the ``crfgan bench train-step`` cases (``pipelines.bench.train_step``, each in a fresh process):
    128³ and 256³, batch 4, the reference step sequence, CRF-GAN and HA-GAN, ``fp32`` and ``bf16+ckpt`` (bf16 autocast
-   + activation checkpointing), then ``bf16+ckpt+cl`` (+ channels_last_3d) while time is left; its/s, peak CUDA
+   + activation checkpointing), then CRF-GAN ``fp32-unfused`` (``model.fused_upsample=false``: the two-step
+   upsampling + conv, against fp32's fused one) and ``bf16+ckpt+cl`` (+ channels_last_3d) while time is left; its/s, peak CUDA
    memory and the bench's labelled ratios. ``torch.compile`` exists (``train.compile``) but is not run here: its
    compile time does not fit the budget.
 2. ``ray-train``: Ray Train, 1 worker (1 GPU, NCCL, when --device cuda), phantom shards; a checkpoint, SIGKILL of
@@ -49,11 +50,11 @@ SHARES = {"train-step": 0.5, "ray-train": 0.3, "synthesize": 0.2}  # of what is 
 def plan(device: str, tiny: bool) -> dict:
     if tiny:
         return {"sizes": [32], "batch": 2, "iters": 1, "case_timeout": 300,
-                "options": ["fp32", "bf16+ckpt"], "extra_options": [],
+                "options": ["fp32", "bf16+ckpt"], "extra_options": ["fp32-unfused"],
                 "train": {"config": "tiny", "size": 32, "volumes": 6, "iters1": 8, "iters2": 12, "every": 4},
                 "synth": {"count": 2, "render_sizes": []}}
     return {"sizes": [128, 256], "batch": 4, "iters": 3, "case_timeout": 150,
-            "options": ["fp32", "bf16+ckpt"], "extra_options": ["bf16+ckpt+cl"],
+            "options": ["fp32", "bf16+ckpt"], "extra_options": ["fp32-unfused", "bf16+ckpt+cl"],
             "train": {"config": "ct64", "size": 64, "volumes": 16, "iters1": 120, "iters2": 160, "every": 40},
             "synth": {"count": 8, "render_sizes": [256] if device == "cuda" else []}}
 
@@ -62,6 +63,9 @@ OPTION_SETS = {
     "fp32": {"amp": "none", "checkpointing": False, "channels_last": False, "compile": False},
     "bf16+ckpt": {"amp": "bf16", "checkpointing": True, "channels_last": False, "compile": False},
     "bf16+ckpt+cl": {"amp": "bf16", "checkpointing": True, "channels_last": True, "compile": False},
+    # CRF-GAN only: the two-step nearest upsampling + conv, against fp32's fused one (same function; unmeasured on GPUs)
+    "fp32-unfused": {"amp": "none", "checkpointing": False, "channels_last": False, "compile": False,
+                     "fused_upsample": False},
 }
 
 
@@ -84,7 +88,7 @@ def part_train_step(args, out: str, deadline: float) -> None:
     order = [(s, o) for s in p["sizes"] for o in p["options"]] + [(s, o) for s in p["sizes"][-1:] for o in
                                                                    p["extra_options"]]
     for size, opt in order:
-        for arch in ("crfgan", "hagan"):
+        for arch in ("crfgan",) if opt == "fp32-unfused" else ("crfgan", "hagan"):
             left = deadline - time.time()
             label = f"{arch} {opt} {size}³"
             if left < 20:

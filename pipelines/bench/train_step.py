@@ -4,12 +4,17 @@ Each case runs in a fresh process at the reference widths of the size (``ct64``,
 at 32³). A case is (arch, step variant, execution options, size, batch):
 - variants: ``reference`` (the published step sequence: a fresh G pass per sub-step, ``train.share_fakes=false``)
   and ``shared`` (one G pass feeds every sub-step: an algorithm change, see ``crfgan/step.py``);
-- options: ``fp32`` (no autocast, no checkpointing: the published baseline) always; with ``--amp``,
-  ``--checkpointing``, ``--channels-last`` or ``--compile`` also a row per arch and variant with those options.
+- options: ``fp32`` (no autocast, no checkpointing; the default fused upsampling, ``crfgan.layers.up2_conv``)
+  always; with ``--amp``, ``--checkpointing``, ``--channels-last`` or ``--compile`` also a row per arch and variant
+  with those options.
+- ``--published SRC``: the published CRF-GAN code's own networks and step at each size (``pipelines.bench.published``:
+  a checkout, or a URL to clone, of mahshid1998/CRF-GAN, fetched at bench time), and our reference step once more
+  with ``model.fused_upsample=false`` (``fp32-unfused``: the same convolutions as the published code).
 Ratios compare rows of this run only, each labelled with what it compares: CRF-GAN/HA-GAN with the same variant and
 options on both sides (like for like); shared vs reference (algorithm change); options vs fp32 (same model and
-step); and, when options are given, CRF-GAN with them vs HA-GAN fp32 (different options, labelled as such).
-Figures measured elsewhere (the published code's timings) are in the README, never printed here.
+step); when options are given, CRF-GAN with them vs HA-GAN fp32 (different options, labelled as such); with
+``--published``, our reference step vs the published one (same step sequence and widths). Figures measured
+elsewhere are never printed here.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def measure(case: dict) -> dict:
     overrides = [f"model.arch={case['arch']}", f"train.batch_size={case['batch']}", *VARIANTS[case["variant"]],
                  "model.crf.nodes=channels"]  # the paper's CRF whatever the preset
     overrides += [f"train.amp={case['amp']}", f"model.activation_checkpointing={case['checkpointing']}",
-                  f"train.channels_last={case.get('channels_last', False)}", f"train.compile={case.get('compile', False)}"]
+                  f"train.channels_last={case.get('channels_last', False)}", f"train.compile={case.get('compile', False)}",
+                  f"model.fused_upsample={case.get('fused_upsample', True)}"]
     cfg = load_config(preset(case["size"]), overrides)
     s = cfg.model.image_size
     real = (torch.rand(case["batch"], 1, s, s, s) * 2 - 1).to(dev)
@@ -106,10 +112,15 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpointing", action="store_true", help="option rows: activation checkpointing in G^A")
     p.add_argument("--channels-last", action="store_true", help="option rows: channels_last_3d (train.channels_last)")
     p.add_argument("--compile", action="store_true", help="option rows: torch.compile every network (train.compile)")
+    p.add_argument("--published", default="", metavar="SRC",
+                   help="also time the published CRF-GAN code's step (a checkout of mahshid1998/CRF-GAN, or a git URL "
+                        "to clone it from, e.g. https://github.com/mahshid1998/CRF-GAN) beside our reference step, "
+                        "and ours with model.fused_upsample=false")
 
 
 def option_sets(args) -> dict[str, dict]:
-    """``fp32`` (the published baseline) plus, when any option is given, one labelled set with them."""
+    """``fp32`` (no autocast, checkpointing, channels_last or compile) plus, when any option is given, one labelled
+    set with them."""
     fp32 = {"amp": "none", "checkpointing": False, "channels_last": False, "compile": False}
     opts = {"amp": args.amp, "checkpointing": args.checkpointing,
             "channels_last": getattr(args, "channels_last", False), "compile": getattr(args, "compile", False)}
@@ -131,8 +142,18 @@ def run(args) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
+    sizes = [int(s) for s in args.size.split(",")]
+    published = getattr(args, "published", "")
+    root = None
+    if published:
+        from . import published as pub
+
+        if "reference" not in variants or "crfgan" not in args.arch.split(","):
+            raise SystemExit("bench train-step --published compares with our crfgan reference step: keep crfgan in "
+                             "--arch and reference in --variants")
+        root = pub.locate(published, sizes, pub.cache_dir())
     rows = []
-    for size in [int(s) for s in args.size.split(",")]:
+    for size in sizes:
         for options, opts in option_sets(args).items():
             for variant in variants:
                 for arch in args.arch.split(","):
@@ -143,6 +164,17 @@ def run(args) -> None:
                                  "batch": args.batch, "device": device, **r})
                     print(f"  {arch} {variant} {options} {size}³: {r['s_per_iter']:.3f} s/iter, {r['peak_mb']:.0f} MB",
                           flush=True)
+        if root is not None:
+            base = {"size": size, "batch": args.batch, "iters": args.iters, "device": device}
+            for arch, options, module, case in (
+                    ("crfgan", "fp32-unfused", __name__, {"arch": "crfgan", "variant": "reference", **base,
+                                                          **option_sets(args)["fp32"], "fused_upsample": False}),
+                    ("published", "fp32", "pipelines.bench.published", {**base, "root": str(root)})):
+                r = run_case(module, case)
+                rows.append({"arch": arch, "variant": "reference", "options": options, "size": size,
+                             "batch": args.batch, "device": device, **r})
+                print(f"  {arch} reference {options} {size}³: {r['s_per_iter']:.3f} s/iter, {r['peak_mb']:.0f} MB",
+                      flush=True)
     mem = "CUDA max_memory_allocated" if device == "cuda" else "peak RSS above the process baseline"
     emit(f"train-step ({device}; peak_mb = {mem})", rows, args.json, extra={"ratios": ratios(rows)})
     emit("ratios (rows of this run)", ratios(rows))
@@ -162,7 +194,8 @@ def ratios(rows: list[dict]) -> list[dict]:
     """Each row: ``speed_up`` = baseline s/iter ÷ subject s/iter, ``peak_mem_ratio`` = subject ÷ baseline."""
     out: list[dict] = []
     for size in sorted({r["size"] for r in rows}):
-        at = [r for r in rows if r["size"] == size]
+        every = [r for r in rows if r["size"] == size]
+        at = [r for r in every if r["arch"] != "published" and r["options"] != "fp32-unfused"]  # --published's own
         opts = sorted({r["options"] for r in at})
         variants = sorted({r["variant"] for r in at})
         for o in opts:  # like for like: same variant and options on both sides
@@ -181,11 +214,21 @@ def ratios(rows: list[dict]) -> list[dict]:
                     fast, base = _find(at, arch=arch, variant=v, options=o), _find(at, arch=arch, variant=v, options="fp32")
                     if o != "fp32" and fast and base:
                         _pair(out, size, f"{arch} {v}: {o} vs fp32 (same step)", fast, base)
-        for o in opts:  # our options against the published baseline: NOT like for like, and labelled so
+        for o in opts:  # our options against HA-GAN fp32: NOT like for like, and labelled so
             c = _find(at, arch="crfgan", variant="reference", options=o)
             h = _find(at, arch="hagan", variant="reference", options="fp32")
             if o != "fp32" and c and h:
                 _pair(out, size, f"crfgan reference {o} vs hagan reference fp32 (different options)", c, h)
+        pub = _find(every, arch="published")
+        for o, what in (("fp32", "fused upsampling"), ("fp32-unfused", "the same convolutions")):
+            c = _find(every, arch="crfgan", variant="reference", options=o)
+            if pub and c:
+                _pair(out, size, f"crfgan reference {o} vs the published code (same step sequence and widths; {what})",
+                      c, pub)
+        c = _find(every, arch="crfgan", variant="reference", options="fp32")
+        u = _find(every, arch="crfgan", variant="reference", options="fp32-unfused")
+        if c and u:
+            _pair(out, size, "crfgan reference: fp32 vs fp32-unfused (same function, fused upsampling)", c, u)
     return out
 
 

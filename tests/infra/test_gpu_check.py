@@ -55,9 +55,11 @@ def test_train_step_rows_and_ratios(check):
     _, out = check
     d = json.loads((out / "results.json").read_text())["parts"]["train-step"]["data"]
     got = sorted((r["arch"], r["options"], r["size"]) for r in d["rows"])
-    assert got == sorted((a, o, 32) for a in ("crfgan", "hagan") for o in ("fp32", "bf16+ckpt"))
+    assert got == sorted([(a, o, 32) for a in ("crfgan", "hagan") for o in ("fp32", "bf16+ckpt")]
+                         + [("crfgan", "fp32-unfused", 32)])
     assert all(r["its_per_s"] > 0 and r["peak_mb"] > 0 for r in d["rows"])
     assert any("like for like" in r["compares"] for r in d["ratios"])
+    assert any("fp32 vs fp32-unfused (same function" in r["compares"] for r in d["ratios"])
 
 
 def test_ray_train_killed_and_resumed_exactly(check):
