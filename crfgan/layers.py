@@ -44,11 +44,22 @@ def _fusable(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3-tap kernel along ``dim`` seen by the even and the odd outputs of a nearest ×2 upsampling: even outputs
-    read coarse offsets (-1, 0) with taps (w₀, w₁+w₂), odd ones (0, +1) with (w₀+w₁, w₂)."""
-    a, m, c = w.unbind(dim)
-    return torch.stack([a, m + c], dim), torch.stack([a + m, c], dim)
+# Per axis and output phase, the coarse taps a nearest ×2 upsampling + 3-tap kernel reduces to: even outputs read
+# coarse offsets (-1, 0) with taps (w0, w1 + w2), odd outputs (0, +1) with (w0 + w1, w2). Shape (phase, tap, k).
+_PHASES = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+_TAP_MAPS: dict = {}
+
+
+def phase_kernels(w: torch.Tensor) -> torch.Tensor:
+    """(O, I, 3, 3, 3) → (8, O, I, 2, 2, 2): the 2×2×2 kernel of each output phase (pz, py, px): one matrix product
+    of the flattened taps with the fixed 27 × 64 tap map (weight-sized memory traffic, not a chain of copies)."""
+    key = (w.dtype, w.device)
+    t = _TAP_MAPS.get(key)
+    if t is None:  # built once per dtype and device: no host-to-device copy per call on a GPU
+        m = torch.tensor(_PHASES, dtype=torch.float64)  # (phase, tap, k)
+        t = _TAP_MAPS[key] = torch.einsum("pdz,qey,rfx->zyxpqrdef", m, m, m).reshape(27, 64).to(w.device, w.dtype)
+    o, i = w.shape[:2]
+    return (w.reshape(o * i, 27) @ t).view(o, i, 8, 2, 2, 2).permute(2, 0, 1, 3, 4, 5).contiguous()
 
 
 def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
@@ -64,17 +75,14 @@ def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True) -> torch.Tens
     fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
            else torch.contiguous_format)
     y = None
-    wz = _phase_taps(w, 2)
-    for pz in (0, 1):
-        wy = _phase_taps(wz[pz], 3)
-        for py in (0, 1):
-            wx = _phase_taps(wy[py], 4)
-            for px in (0, 1):
-                part = F.conv3d(xp[:, :, pz:pz + d + 1, py:py + h + 1, px:px + wd + 1], wx[px], b)
-                if y is None:  # the output's dtype is the conv's (autocast may lower it)
-                    y = torch.empty((x.shape[0], w.shape[0], 2 * d, 2 * h, 2 * wd), dtype=part.dtype,
-                                    device=part.device, memory_format=fmt)
-                y[:, :, pz::2, py::2, px::2] = part
+    k = phase_kernels(w)
+    for p in range(8):
+        pz, py, px = p >> 2, (p >> 1) & 1, p & 1
+        part = F.conv3d(xp[:, :, pz:pz + d + 1, py:py + h + 1, px:px + wd + 1], k[p], b)
+        if y is None:  # the output's dtype is the conv's (autocast may lower it)
+            y = torch.empty((x.shape[0], w.shape[0], 2 * d, 2 * h, 2 * wd), dtype=part.dtype, device=part.device,
+                            memory_format=fmt)
+        y[:, :, pz::2, py::2, px::2] = part
     return y
 
 
