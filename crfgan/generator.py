@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .layers import apply_group_norm, group_norm, log2_int, up2_conv
+from .layers import _fusable, apply_group_norm, group_norm, log2_int, phase_kernels, up2_conv
 from .render import render_one_pass, render_tiled
 
 
@@ -52,15 +52,17 @@ class EmbeddingGenerator(nn.Module):
         self.activation_checkpointing = cfg.activation_checkpointing
         self.fused_upsample = cfg.fused_upsample
 
-    def _block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+    def _block(self, i: int, h: torch.Tensor, kernels: torch.Tensor | None = None) -> torch.Tensor:
         conv, rest = self.blocks[i][0], self.blocks[i][1:]
-        return rest(up2_conv(conv, h, self.fused_upsample) if self.up_before[i] else conv(h))
+        return rest(up2_conv(conv, h, self.fused_upsample, kernels) if self.up_before[i] else conv(h))
 
     def forward(self, z: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(with_class(z, class_index, self.num_classes)).view(z.shape[0], self.base, 4, 4, 4)  # (B, 16c, 4³)
         for i in range(len(self.blocks)):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(self._block, i, h, use_reentrant=False)
+                conv = self.blocks[i][0]  # the fused kernels outside the recomputed region (see up2_conv)
+                k = phase_kernels(conv.weight) if self.up_before[i] and self.fused_upsample and _fusable(conv) else None
+                h = checkpoint(self._block, i, h, k, use_reentrant=False)
             else:
                 h = self._block(i, h)
         return h  # (B, Ce, E, E, E)

@@ -62,11 +62,13 @@ def phase_kernels(w: torch.Tensor) -> torch.Tensor:
     return (w.reshape(o * i, 27) @ t).view(o, i, 8, 2, 2, 2).permute(2, 0, 1, 3, 4, 5).contiguous()
 
 
-def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True, kernels: torch.Tensor | None = None) -> torch.Tensor:
     """``conv(up2(x))``. For a Conv3d(k3, stride 1, zero padding 1), ``fused`` computes the same function without
     the upsampled tensor: each of the 8 output phases is a 2×2×2 convolution of the zero-padded coarse input with
     the kernel's repeated taps summed (8 multiply-adds per output voxel and input channel instead of 27). Equal to
-    float rounding (tests/crfgan/test_layers.py); any other conv, or ``fused=False``: the plain two steps."""
+    float rounding (tests/crfgan/test_layers.py); any other conv, or ``fused=False``: the plain two steps.
+    ``kernels``: ``phase_kernels(conv.weight)`` computed by the caller (outside an activation-checkpointed region:
+    what the product saves depends on whether the weight requires grad, which the step may change before backward)."""
     if not (fused and _fusable(conv)):
         return conv(up2(x))
     w, b = conv.weight, conv.bias
@@ -75,7 +77,7 @@ def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True) -> torch.Tens
     fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
            else torch.contiguous_format)
     y = None
-    k = phase_kernels(w)
+    k = phase_kernels(w) if kernels is None else kernels
     for p in range(8):
         pz, py, px = p >> 2, (p >> 1) & 1, p & 1
         part = F.conv3d(xp[:, :, pz:pz + d + 1, py:py + h + 1, px:px + wd + 1], k[p], b)
