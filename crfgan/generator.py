@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .layers import _fusable, apply_group_norm, group_norm, log2_int, phase_kernels, up2_conv
+from .layers import apply_group_norm, fusable, group_norm, log2_int, phase_kernels, up2_conv
 from .render import render_one_pass, render_tiled
 
 
@@ -61,7 +61,7 @@ class EmbeddingGenerator(nn.Module):
         for i in range(len(self.blocks)):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 conv = self.blocks[i][0]  # the fused kernels outside the recomputed region (see up2_conv)
-                k = phase_kernels(conv.weight) if self.up_before[i] and self.fused_upsample and _fusable(conv) else None
+                k = phase_kernels(conv.weight) if self.up_before[i] and self.fused_upsample and fusable(conv) else None
                 h = checkpoint(self._block, i, h, k, use_reentrant=False)
             else:
                 h = self._block(i, h)

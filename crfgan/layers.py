@@ -38,7 +38,8 @@ def up2(x):
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
-def _fusable(conv: nn.Module) -> bool:
+def fusable(conv: nn.Module) -> bool:
+    """Whether ``up2_conv`` fuses ``conv``: a Conv3d(k3, stride 1, zero padding 1, no dilation or groups)."""
     return (isinstance(conv, nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.stride == (1, 1, 1)
             and conv.padding == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
@@ -69,7 +70,7 @@ def up2_conv(conv: nn.Module, x: torch.Tensor, fused: bool = True, kernels: torc
     float rounding (tests/crfgan/test_layers.py); any other conv, or ``fused=False``: the plain two steps.
     ``kernels``: ``phase_kernels(conv.weight)`` computed by the caller (outside an activation-checkpointed region:
     what the product saves depends on whether the weight requires grad, which the step may change before backward)."""
-    if not (fused and _fusable(conv)):
+    if not (fused and fusable(conv)):
         return conv(up2(x))
     w, b = conv.weight, conv.bias
     xp = F.pad(x, (1, 1, 1, 1, 1, 1))

@@ -17,12 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from .worker import peak_rss_bytes, rss_bytes, worker_main
+from .worker import rss_bytes, worker_main
 
-DEFAULT_URL = "https://github.com/mahshid1998/CRF-GAN"
 CRF_NODES = {64: 16, 128: 32, 256: 64}  # train.py's crf_num_nodes per image size
 
 
@@ -42,22 +40,28 @@ def locate(src: str, sizes: list[int], cache: Path) -> Path:
         root = cache / "CRF-GAN"
         if not (root / "models").is_dir():
             shutil.rmtree(root, ignore_errors=True)
-            git = shutil.which("git")
-            try:
-                r = subprocess.run([git or "git", "clone", "--quiet", "--depth", "1", src, str(root)],
-                                   capture_output=True, text=True, timeout=180) if git else None
-            except subprocess.TimeoutExpired:
-                r = None
-            if r is None or r.returncode != 0:
+            why = _clone(src, root)
+            if why:
                 shutil.rmtree(root, ignore_errors=True)
-                why = "no git here" if git is None else (r.stderr.strip().splitlines() or ["timed out"])[-1] \
-                    if r is not None else "timed out after 180 s"
                 raise SystemExit(f"bench train-step --published {src}: not a checkout (no models/ folder) and "
                                  f"cloning it failed ({why}); clone mahshid1998/CRF-GAN yourself and pass its folder")
     missing = [model_file(root, s) for s in sizes if not model_file(root, s).is_file()]
     if missing:
         raise SystemExit(f"bench train-step --published: {missing[0]} is missing (is {root} the published CRF-GAN?)")
     return root
+
+
+def _clone(src: str, root: Path) -> str:
+    """``git clone --depth 1 src root``; why it failed ("" when it did not)."""
+    git = shutil.which("git")
+    if git is None:
+        return "no git here"
+    try:
+        r = subprocess.run([git, "clone", "--quiet", "--depth", "1", src, str(root)], capture_output=True, text=True,
+                           timeout=180)
+    except subprocess.TimeoutExpired:
+        return "timed out after 180 s"
+    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or [f"git exited {r.returncode}"])[-1]
 
 
 def cache_dir() -> Path:
@@ -73,7 +77,7 @@ def measure(case: dict) -> dict:
 
     from crfgan.memory import pin_mmap_threshold
 
-    from .train_step import warm_up_runtime
+    from .train_step import timed, warm_up_runtime
 
     torch.manual_seed(0)
     size, bsz, dev = case["size"], case["batch"], torch.device(case["device"])
@@ -85,7 +89,7 @@ def measure(case: dict) -> dict:
     m = importlib.import_module(f"models.CRF_GAN_{size}")
     real = (torch.rand(bsz, 1, size, size, size) * 2 - 1).to(dev)
     warm_up_runtime(dev)
-    base = rss_bytes()
+    base, base_gpu = rss_bytes(), 0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
@@ -146,25 +150,9 @@ def measure(case: dict) -> dict:
         e_loss.backward()
         e_opt.step()
 
-    step(0)  # warm-up (allocator, Adam state), as our case
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for it in range(case["iters"]):
-        step(it + 1)
-    if cuda:
-        torch.cuda.synchronize()
-    sec = (time.perf_counter() - t0) / case["iters"]
-    counts = {"G": G, "D": D, "E": E, "crf": crf}
-    counts = {k: sum(p.numel() for p in v.parameters()) for k, v in counts.items()}
-    return {
-        "s_per_iter": sec,
-        "peak_mb": (torch.cuda.max_memory_allocated() - base_gpu if cuda else peak_rss_bytes() - base) / 2**20,
-        "peak_rss_mb": peak_rss_bytes() / 2**20,
-        "params_m": sum(counts.values()) / 1e6,
-        "params": " ".join(f"{k}={v / 1e6:.2f}" for k, v in counts.items()),
-    }
-
+    nets = {"G": G, "D": D, "E": E, "crf": crf}
+    return timed(step, case["iters"], dev, base, base_gpu,
+                 {k: sum(p.numel() for p in v.parameters()) for k, v in nets.items()})
 
 if __name__ == "__main__":
     worker_main(measure)

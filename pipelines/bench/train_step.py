@@ -58,7 +58,7 @@ def measure(case: dict) -> dict:
     if not cuda:
         pin_mmap_threshold()  # as the trainers do on CPU
     warm_up_runtime(dev)
-    base = rss_bytes()
+    base, base_gpu = rss_bytes(), 0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
@@ -69,16 +69,25 @@ def measure(case: dict) -> dict:
     if cfg.model.arch == "crfgan":
         with torch.no_grad():  # a non-zero W so the CRF's pairwise work is exercised as after training starts
             nets.crf.W.fill_(0.01)
-    train_step(nets, opts, real, 0, cfg, rng, amp)  # warm-up (allocator, Adam state)
+    return timed(lambda it: train_step(nets, opts, real, it, cfg, rng, amp), case["iters"], dev, base,
+                 base_gpu, nets.param_counts())
+
+
+def timed(step, iters: int, dev, base: int, base_gpu: int, counts: dict[str, int]) -> dict:
+    """A case's figures: ``step(0)`` as warm-up (allocator, Adam state), then ``step(1..iters)`` timed; peak memory
+    above ``base`` (RSS) or ``base_gpu`` (CUDA allocated); ``counts`` the parameters per module."""
+    import torch
+
+    cuda = dev.type == "cuda"
+    step(0)
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for it in range(case["iters"]):
-        train_step(nets, opts, real, it + 1, cfg, rng, amp)
+    for it in range(iters):
+        step(it + 1)
     if cuda:
         torch.cuda.synchronize()
-    sec = (time.perf_counter() - t0) / case["iters"]
-    counts = nets.param_counts()
+    sec = (time.perf_counter() - t0) / iters
     return {
         "s_per_iter": sec,
         "peak_mb": (torch.cuda.max_memory_allocated() - base_gpu if cuda else peak_rss_bytes() - base) / 2**20,
