@@ -3,9 +3,10 @@
 One run: train a generator (the one training loop, ``crfgan.loop``, as ``crfgan train --local`` runs it) on N phantom
 volumes (``phantom://N?size=S&seed=K`` prepared in-process exactly as ``crfgan preprocess`` prepares them:
 ``crfgan.volume.prepare_volume``; or on a shard folder with ``--shards``) until ``--iterations`` or the wall-clock
-``--budget-s`` (training plus evaluation), and every ``--eval-every`` iterations score ``--samples`` volumes rendered
-from fixed latent seeds (the EMA copy of G when ``train.ema_decay`` > 0, and then also G itself) against a held-out
-phantom set of another seed:
+``--budget-s`` (training plus evaluation) or, with ``--budget-cpu-s``, once this process has used that many CPU
+seconds (the one-core budget measured when several runs share the cores), and every ``--eval-every`` iterations score
+``--samples`` volumes rendered from fixed latent seeds (the EMA copy of G when ``train.ema_decay`` > 0, and then also
+G itself) against a held-out phantom set of another seed:
 
 - ``quality_score`` and its terms (``crfgan.metrics.headline.assess``) and its real-vs-real ``floor`` (a second
   held-out set of a third seed against the same reference), with ``quality_vs_floor`` = score / floor;
@@ -55,6 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument("--iterations", type=int, default=0, help="stop after this many iterations (0: train.iterations)")
     p.add_argument("--budget-s", type=float, default=1800.0, help="stop training once this many seconds (training "
                    "and evaluation) have passed (default 1800)")
+    p.add_argument("--budget-cpu-s", type=float, default=0.0, help="also stop once this process has used this many "
+                   "CPU seconds (training and evaluation): the one-core budget when runs share cores (default 0: off)")
     p.add_argument("--eval-every", type=_positive_int, default=250, help="iterations between evaluations (default 250)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default="", help="a label for the run in the JSON")
@@ -160,7 +163,7 @@ def train_and_score(args) -> dict:
     spacing = phantom_spacing(cfg)  # the URIs say what crfgan preprocess would be given
     sp = "" if spacing == 1.0 else f"&spacing={spacing:g}"
     res = {"name": args.name or cfg.name, "config": args.config, "overrides": over, "iterations_target": iterations,
-           "budget_s": args.budget_s, "threads": args.threads,
+           "budget_s": args.budget_s, "budget_cpu_s": args.budget_cpu_s, "threads": args.threads,
            "data": args.shards or f"phantom://{args.train}?size={cfg.model.image_size}&seed={args.train_seed}{sp}",
            "held_out": f"phantom://{args.held_out}?size={cfg.model.image_size}&seed={args.held_out_seed}{sp} "
                        f"(floor: seed {args.held_out_seed + 1})",
@@ -209,7 +212,11 @@ def train_and_score(args) -> dict:
 
     evaluate(0, {})
     done = 0
-    for w in loop.windows(s, data, stop=lambda: time.perf_counter() - t_start >= args.budget_s):
+    def spent() -> bool:
+        return (time.perf_counter() - t_start >= args.budget_s
+                or 0 < args.budget_cpu_s <= time.process_time() - cpu0)
+
+    for w in loop.windows(s, data, stop=spent):
         train_s += (w.done - done) / max(w.metrics["its_per_s"], 1e-12)  # the window's training time
         done = w.done
         evaluate(done, w.metrics)

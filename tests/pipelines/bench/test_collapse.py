@@ -48,3 +48,14 @@ def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
 
     png = Image.open(out.with_suffix(".png"))  # the curves: three panels side by side
     assert png.format == "PNG" and png.width > 2 * png.height
+
+
+def test_a_cpu_budget_stops_training_after_the_iteration_that_spends_it(tmp_path):
+    out = tmp_path / "c.json"  # setup alone spends more than 1 ms of CPU: the first iteration is the last
+    rc = main(["bench", "collapse", "--config", "tiny", "--no-tiny", "--train", "3", "--held-out", "3",
+               "--samples", "3", "--iterations", "4", "--eval-every", "2", "--budget-cpu-s", "0.001",
+               "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["budget_cpu_s"] == 0.001 and doc["iterations"] == 1
+    assert [r["iteration"] for r in doc["curve"]] == [0, 1] and doc["cpu_s"] > 0.001
