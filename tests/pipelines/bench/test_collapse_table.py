@@ -1,0 +1,65 @@
+"""``crfgan bench collapse-table`` groups collapse-bench runs by variant and judges them against HA-GAN's."""
+
+import json
+
+import pytest
+
+from pipelines.cli import main
+
+
+def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q):
+    overrides = ["train.ema_decay=0.999", f"train.seed={seed}"] + (["model.arch=hagan"] if arch == "hagan" else [])
+    curve = [{"iteration": 0, "cpu_s": 10.0, "diversity_ratio": 3.0, "quality_vs_floor": 90.0,
+              "g_diversity_ratio": 3.0, "g_quality_vs_floor": 90.0},
+             {"iteration": it, "cpu_s": cpu, "diversity_ratio": div, "quality_vs_floor": q,
+              "g_diversity_ratio": g_div, "g_quality_vs_floor": g_q}]
+    path.write_text(json.dumps({"name": name, "overrides": overrides, "floor": {"quality_score": 2.4},
+                                "curve": curve}))
+    return str(path)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [  # CRF-GAN: cheaper per iteration and further from real diversity, quality overlapping HA-GAN's
+        _run(tmp_path / "c0.json", "crf-s0", "crfgan", 0, 6000, 1800.0, 0.72, 2.2, 0.66, 2.3),
+        _run(tmp_path / "c1.json", "crf-s1", "crfgan", 1, 6100, 1800.0, 0.78, 2.7, 0.72, 2.7),
+        _run(tmp_path / "h0.json", "ha-s0", "hagan", 0, 3800, 1800.0, 0.95, 2.1, 0.84, 2.5),
+        _run(tmp_path / "h1.json", "ha-s1", "hagan", 1, 3900, 1800.0, 0.90, 2.5, 0.80, 2.9),
+    ]
+
+
+def test_runs_group_by_name_and_get_verdicts_against_the_hagan_variant(runs, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["bench", "collapse-table", *runs, "--json", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["baseline"] == "ha"  # the variant whose runs are model.arch=hagan
+    crf = t["variants"]["crf"]
+    assert crf["iterations"]["mean"] == pytest.approx(6050) and crf["iterations"]["half_range"] == pytest.approx(50)
+    assert crf["cpu_s_per_iteration"]["vs_ha"] == "better"  # 0.295-0.30 vs 0.46-0.47 CPU s
+    assert crf["g_diversity_ratio"]["vs_ha"] == "worse"  # |1 - x|: 0.22-0.28 vs 0.05-0.10
+    assert crf["g_quality_vs_floor"]["vs_ha"] == "within spread"  # 2.2-2.7 vs 2.1-2.5
+    assert crf["g_out_of_collapse"] == {"count": 2, "of": 2} and crf["out_of_collapse"] == {"count": 1, "of": 2}
+    assert "vs_ha" not in t["variants"]["ha"]["iterations"]
+    text = capsys.readouterr().out
+    assert "crf vs ha" in text and "1 of 2" in text
+    from PIL import Image
+
+    assert Image.open(out.with_suffix(".png")).format == "PNG"
+
+
+def test_one_run_a_side_has_no_spread_to_be_outside_of(runs, capsys):
+    assert main(["bench", "collapse-table", runs[0], runs[2]]) == 0
+    text = capsys.readouterr().out
+    assert "0.72 ± 0" in text and "within spread" not in text and "better" not in text and "worse" not in text
+
+
+def test_files_that_are_not_collapse_runs_are_refused_by_name_before_any_table(runs, tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"name": "x", "curve": []}))
+    out = tmp_path / "t.json"
+    rc = main(["bench", "collapse-table", runs[0], str(empty), str(tmp_path / "missing.json"), "--json", str(out)])
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert f"{empty}: no evaluation curve" in err and f"{tmp_path / 'missing.json'}: no such file" in err
+    assert main(["bench", "collapse-table", *runs, "--baseline", "nope"]) == 2
+    assert "--baseline nope: no such variant" in capsys.readouterr().err
