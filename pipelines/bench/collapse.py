@@ -13,7 +13,8 @@ G itself) against a held-out phantom set of another seed:
 - ``diversity_ratio`` = (1 − mean pairwise MS-SSIM of the samples) / (1 − that of the held-out set)
   (``crfgan.metrics.physics``);
 - the lung volume fraction's sd over the samples vs over the held-out set (``crfgan.phantom.measure``);
-- the training losses averaged over the window.
+- the training losses averaged over the window, this process's CPU seconds (``cpu_s``) and peak resident memory
+  (``peak_rss_mb``: training data, networks, optimizers and the scoring, all in the one process) so far.
 
 The JSON (``--json``) and its curves PNG (same name, ``.png``: quality, diversity and losses against the iteration,
 with the real-vs-real floor) are rewritten after every evaluation, so a run stopped by ``timeout`` keeps its curve.
@@ -142,7 +143,7 @@ def train_and_score(args) -> dict:
     import torch
 
     from crfgan.config import load_config
-    from crfgan.memory import pin_mmap_threshold
+    from crfgan.memory import peak_rss_bytes, pin_mmap_threshold
     from crfgan.metrics.curves import plot_curves
     from crfgan.metrics.quick import render_fixed
     from crfgan import loop
@@ -206,6 +207,7 @@ def train_and_score(args) -> dict:
         eval_s += time.perf_counter() - t0
         row["elapsed_s"] = time.perf_counter() - t_start
         row["cpu_s"] = time.process_time() - cpu0  # this process's CPU time: the one-core budget under contention
+        row["peak_rss_mb"] = peak_rss_bytes() / 2**20  # this process's peak so far: data, nets, optimizers, scoring
         res["curve"].append(row)
         write()
         return row

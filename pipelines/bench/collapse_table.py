@@ -8,6 +8,7 @@ Each RUN.json is the ``--json`` of one ``crfgan bench collapse`` run. Runs are g
 variant the table gives mean ± half-range over its runs of the figures at each run's final evaluation:
 
 - ``iterations`` and ``cpu_s_per_iteration`` (the process's CPU seconds, evaluations included, over the iterations);
+- ``peak_rss_mb``: the process's peak resident memory (nan for runs that did not record it);
 - G's ``g_diversity_ratio`` and ``g_quality_vs_floor``, and the same for the generator the bench scores first
   (the EMA copy when ``train.ema_decay`` > 0): ``diversity_ratio`` and ``quality_vs_floor``;
 - ``g_out_of_collapse`` and ``out_of_collapse``: how many runs meet issue 16's bar (diversity ≥ 0.7 and ≤ 3× the
@@ -37,6 +38,7 @@ FIGURES = {
     "g_quality_vs_floor": "quality_vs_floor",
     "diversity_ratio": "diversity_ratio",
     "quality_vs_floor": "quality_vs_floor",
+    "peak_rss_mb": "peak_memory_mb",
 }
 NEEDED = ("iteration", "cpu_s", "diversity_ratio", "quality_vs_floor")
 
@@ -108,6 +110,7 @@ def final_figures(run: dict) -> dict:
         "diversity_ratio": float(last["diversity_ratio"]), "quality_vs_floor": float(last["quality_vs_floor"]),
         "g_out_of_collapse": bool(g_div >= div_min and g_q <= q_max),
         "out_of_collapse": bool(last["diversity_ratio"] >= div_min and last["quality_vs_floor"] <= q_max),
+        "peak_rss_mb": float(last.get("peak_rss_mb", "nan")),  # runs before 2026-12-06 did not record it
     }
 
 
@@ -130,7 +133,9 @@ def table(runs: list[dict], baseline: str = "") -> dict:
         fig = {}
         for k, metric in FIGURES.items():
             xs = np.array([f[k] for f in per[v]], dtype=float)
-            entry = {"mean": float(xs.mean()), "half_range": float((xs.max() - xs.min()) / 2), "values": xs.tolist()}
+            ok = xs[np.isfinite(xs)]
+            entry = {"mean": float(ok.mean()) if ok.size else float("nan"),
+                     "half_range": float((ok.max() - ok.min()) / 2) if ok.size else float("nan"), "values": xs.tolist()}
             if v != base:
                 entry["vs_" + base] = (verdict(metric, xs, [f[k] for f in per[base]]) if metric else "—")
             fig[k] = entry
@@ -201,6 +206,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def run(args) -> int:
     from crfgan.storage import write_text_atomic
+    from pipelines.bench.collapse import _clean
 
     try:
         runs = load(args.runs)
@@ -210,6 +216,6 @@ def run(args) -> int:
         return 2
     print(format_table(t))
     if args.json:
-        write_text_atomic(Path(args.json), json.dumps(t, indent=1))
+        write_text_atomic(Path(args.json), json.dumps(_clean(t), indent=1))  # nan → null: strict JSON
         plot(runs, Path(args.json).with_suffix(".png"))
     return 0

@@ -39,7 +39,8 @@ def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
     assert [r["iteration"] for r in doc["curve"]] == [0, 2, 4]
     last = doc["curve"][-1]
     assert {"diversity_ratio", "quality_vs_floor", "lung_fraction_sd", "g_diversity_ratio", "d_loss", "r1",
-            "noise_sigma", "cpu_s"} <= set(last)
+            "noise_sigma", "cpu_s", "peak_rss_mb"} <= set(last)
+    assert 50 < last["peak_rss_mb"] < 64 * 1024 and last["peak_rss_mb"] >= doc["curve"][0]["peak_rss_mb"]
     assert doc["floor"]["quality_score"] > 0 and isinstance(doc["out_of_collapse"], bool)
     assert "train.ema_decay=0.9" in doc["overrides"]
     assert doc["data"] == "phantom://3?size=32&seed=0"  # tiny keeps the phantoms' own 1 mm: no spacing in the URI

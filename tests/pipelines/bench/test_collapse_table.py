@@ -7,12 +7,12 @@ import pytest
 from pipelines.cli import main
 
 
-def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q):
+def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q, rss=None):
     overrides = ["train.ema_decay=0.999", f"train.seed={seed}"] + (["model.arch=hagan"] if arch == "hagan" else [])
     curve = [{"iteration": 0, "cpu_s": 10.0, "diversity_ratio": 3.0, "quality_vs_floor": 90.0,
               "g_diversity_ratio": 3.0, "g_quality_vs_floor": 90.0},
              {"iteration": it, "cpu_s": cpu, "diversity_ratio": div, "quality_vs_floor": q,
-              "g_diversity_ratio": g_div, "g_quality_vs_floor": g_q}]
+              "g_diversity_ratio": g_div, "g_quality_vs_floor": g_q, **({"peak_rss_mb": rss} if rss else {})}]
     path.write_text(json.dumps({"name": name, "overrides": overrides, "floor": {"quality_score": 2.4},
                                 "curve": curve}))
     return str(path)
@@ -21,8 +21,8 @@ def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q):
 @pytest.fixture
 def runs(tmp_path):
     return [  # CRF-GAN: cheaper per iteration and further from real diversity, quality overlapping HA-GAN's
-        _run(tmp_path / "c0.json", "crf-s0", "crfgan", 0, 6000, 1800.0, 0.72, 2.2, 0.66, 2.3),
-        _run(tmp_path / "c1.json", "crf-s1", "crfgan", 1, 6100, 1800.0, 0.78, 2.7, 0.72, 2.7),
+        _run(tmp_path / "c0.json", "crf-s0", "crfgan", 0, 6000, 1800.0, 0.72, 2.2, 0.66, 2.3, rss=600.0),
+        _run(tmp_path / "c1.json", "crf-s1", "crfgan", 1, 6100, 1800.0, 0.78, 2.7, 0.72, 2.7, rss=640.0),
         _run(tmp_path / "h0.json", "ha-s0", "hagan", 0, 3800, 1800.0, 0.95, 2.1, 0.84, 2.5),
         _run(tmp_path / "h1.json", "ha-s1", "hagan", 1, 3900, 1800.0, 0.90, 2.5, 0.80, 2.9),
     ]
@@ -40,6 +40,8 @@ def test_runs_group_by_name_and_get_verdicts_against_the_hagan_variant(runs, tmp
     assert crf["g_quality_vs_floor"]["vs_ha"] == "within spread"  # 2.2-2.7 vs 2.1-2.5
     assert crf["g_out_of_collapse"] == {"count": 2, "of": 2} and crf["out_of_collapse"] == {"count": 1, "of": 2}
     assert "vs_ha" not in t["variants"]["ha"]["iterations"]
+    assert crf["peak_rss_mb"]["mean"] == pytest.approx(620)  # HA-GAN's runs did not record it: null, no verdict
+    assert t["variants"]["ha"]["peak_rss_mb"]["mean"] is None and crf["peak_rss_mb"]["vs_ha"] == "—"
     text = capsys.readouterr().out
     assert "crf vs ha" in text and "1 of 2" in text
     from PIL import Image
