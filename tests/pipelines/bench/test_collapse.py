@@ -60,3 +60,12 @@ def test_a_cpu_budget_stops_training_after_the_iteration_that_spends_it(tmp_path
     doc = json.loads(out.read_text())
     assert doc["budget_cpu_s"] == 0.001 and doc["iterations"] == 1
     assert [r["iteration"] for r in doc["curve"]] == [0, 1] and doc["cpu_s"] > 0.001
+
+
+@pytest.mark.parametrize("flag,value", [("--budget-cpu-s", "-1"), ("--budget-s", "nan"), ("--budget-cpu-s", "ten")])
+def test_a_negative_or_unreadable_budget_is_refused_before_any_work(flag, value, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "collapse", "--config", "tiny", flag, value, "--json", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    assert f"{flag}: must be a number of seconds >= 0, got {value!r}" in capsys.readouterr().err
