@@ -5,7 +5,9 @@
 Each RUN.json is the ``--json`` of one ``crfgan bench collapse`` run. Runs are grouped into variants by their
 ``name`` with a trailing ``-sSEED`` removed (a run without a name: ``hagan`` or ``crfgan`` from its
 ``model.arch`` override, plus ``-ema`` and the decay when ``train.ema_decay`` differs from 0.999). For every
-variant the table gives mean ± half-range over its runs of the figures at each run's final evaluation:
+variant the table gives mean ± half-range over its runs of the figures at each run's final evaluation (with
+``--at-iteration N``: its last evaluation at or before iteration N, so runs cut by a CPU budget at different
+iterations compare like for like):
 
 - ``iterations`` and ``cpu_s_per_iteration`` (the process's CPU seconds, evaluations included, over the iterations);
 - ``peak_rss_mb``: the process's peak resident memory (nan for runs that did not record it);
@@ -47,6 +49,9 @@ def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN.json", help="the --json files of crfgan bench collapse runs")
     p.add_argument("--baseline", default="", help="the variant the others are judged against (default: the one "
                                                   "whose runs are HA-GAN's, model.arch=hagan; else the first)")
+    p.add_argument("--at-iteration", type=int, default=0, metavar="N",
+                   help="take each run's figures at its last evaluation at or before iteration N instead of its final "
+                        "one (like for like across runs that stopped at different iterations; default 0: final)")
     p.add_argument("--json", metavar="PATH", help="write the table as JSON and G's curves as PATH with .png")
 
 
@@ -97,10 +102,18 @@ def load(paths: list[str]) -> list[dict]:
     return runs
 
 
-def final_figures(run: dict) -> dict:
+def evaluation_row(run: dict, at_iteration: int = 0) -> dict:
+    """The run's final evaluation, or with ``at_iteration`` > 0 its last one at or before that iteration."""
+    if at_iteration <= 0:
+        return run["curve"][-1]
+    rows = [r for r in run["curve"] if r["iteration"] <= at_iteration]
+    return rows[-1] if rows else run["curve"][0]
+
+
+def final_figures(run: dict, at_iteration: int = 0) -> dict:
     from pipelines.bench.collapse import DIVERSITY_BAR as div_min, QUALITY_BAR as q_max
 
-    last = run["curve"][-1]
+    last = evaluation_row(run, at_iteration)
     g_div = last.get("g_diversity_ratio", last["diversity_ratio"])  # no EMA copy: the bench scores G only
     g_q = last.get("g_quality_vs_floor", last["quality_vs_floor"])
     return {
@@ -114,7 +127,7 @@ def final_figures(run: dict) -> dict:
     }
 
 
-def table(runs: list[dict], baseline: str = "") -> dict:
+def table(runs: list[dict], baseline: str = "", at_iteration: int = 0) -> dict:
     from pipelines.compare import verdict
 
     groups: dict[str, list[dict]] = {}
@@ -125,10 +138,9 @@ def table(runs: list[dict], baseline: str = "") -> dict:
         raise ValueError(f"--baseline {baseline}: no such variant (the variants: {', '.join(names)})")
     hagan = [v for v in names if all(_override(r, "model.arch") == "hagan" for r in groups[v])]
     base = baseline or (hagan[0] if hagan else names[0])
-    per = {v: [final_figures(r) for r in rs] for v, rs in groups.items()}
-    out: dict = {"baseline": base, "floor_quality_score": sorted({round(float(r["floor"]["quality_score"]), 6)
-                                                                 for r in runs if "floor" in r}),
-                 "variants": {}}
+    per = {v: [final_figures(r, at_iteration) for r in rs] for v, rs in groups.items()}
+    floors = sorted({round(float(r["floor"]["quality_score"]), 6) for r in runs if "floor" in r})
+    out: dict = {"baseline": base, "at_iteration": at_iteration or None, "floor_quality_score": floors, "variants": {}}
     for v in names:
         fig = {}
         for k, metric in FIGURES.items():
@@ -166,8 +178,10 @@ def format_table(t: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     floors = ", ".join(f"{f:.3g}" for f in t["floor_quality_score"])
+    at = (f"last evaluation at or before iteration {t['at_iteration']}" if t.get("at_iteration")
+          else "final evaluation")
     return "\n".join([line(header), *map(line, rows),
-                      f"(mean ± half-range over runs at each run's final evaluation; real-vs-real floor {floors}; "
+                      f"(mean ± half-range over runs at each run's {at}; real-vs-real floor {floors}; "
                       f"out of collapse: diversity ≥ 0.7 and quality_vs_floor ≤ 3)"])
 
 
@@ -210,7 +224,7 @@ def run(args) -> int:
 
     try:
         runs = load(args.runs)
-        t = table(runs, args.baseline)
+        t = table(runs, args.baseline, args.at_iteration)
     except ValueError as e:
         print(f"crfgan: {e}", file=sys.stderr)
         return 2

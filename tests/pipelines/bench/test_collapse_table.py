@@ -11,6 +11,8 @@ def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q, rss=None):
     overrides = ["train.ema_decay=0.999", f"train.seed={seed}"] + (["model.arch=hagan"] if arch == "hagan" else [])
     curve = [{"iteration": 0, "cpu_s": 10.0, "diversity_ratio": 3.0, "quality_vs_floor": 90.0,
               "g_diversity_ratio": 3.0, "g_quality_vs_floor": 90.0},
+             {"iteration": 3000, "cpu_s": 900.0, "diversity_ratio": 0.5 + seed / 10, "quality_vs_floor": 3.5,
+              "g_diversity_ratio": 0.6, "g_quality_vs_floor": 3.4},
              {"iteration": it, "cpu_s": cpu, "diversity_ratio": div, "quality_vs_floor": q,
               "g_diversity_ratio": g_div, "g_quality_vs_floor": g_q, **({"peak_rss_mb": rss} if rss else {})}]
     path.write_text(json.dumps({"name": name, "overrides": overrides, "floor": {"quality_score": 2.4},
@@ -65,3 +67,15 @@ def test_files_that_are_not_collapse_runs_are_refused_by_name_before_any_table(r
     assert f"{empty}: no evaluation curve" in err and f"{tmp_path / 'missing.json'}: no such file" in err
     assert main(["bench", "collapse-table", *runs, "--baseline", "nope"]) == 2
     assert "--baseline nope: no such variant" in capsys.readouterr().err
+
+
+def test_at_iteration_takes_each_runs_last_evaluation_up_to_it(runs, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["bench", "collapse-table", *runs, "--at-iteration", "5000", "--json", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["at_iteration"] == 5000
+    crf = t["variants"]["crf"]
+    assert crf["iterations"]["values"] == [3000, 3000] and crf["diversity_ratio"]["values"] == [0.5, 0.6]
+    assert crf["out_of_collapse"]["count"] == 0 and crf["g_diversity_ratio"]["vs_ha"] == "worse"
+    assert t["variants"]["ha"]["iterations"]["values"] == [3800, 3900]  # stopped before 5000: their final rows
+    assert "at or before iteration 5000" in capsys.readouterr().out
