@@ -7,7 +7,8 @@ Each RUN.json is the ``--json`` of one ``crfgan bench collapse`` run. Runs are g
 ``model.arch`` override, plus ``-ema`` and the decay when ``train.ema_decay`` differs from 0.999). For every
 variant the table gives mean ± half-range over its runs of the figures at each run's final evaluation (with
 ``--at-iteration N``: its last evaluation at or before iteration N, so runs cut by a CPU budget at different
-iterations compare like for like):
+iterations compare like for like; ``--at-iteration VARIANT=N``: for that variant only, e.g. to put variants side by
+side at iterations of equal CPU cost):
 
 - ``iterations`` and ``cpu_s_per_iteration`` (the process's CPU seconds, evaluations included, over the iterations);
 - ``peak_rss_mb``: the process's peak resident memory (nan for runs that did not record it);
@@ -49,10 +50,20 @@ def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN.json", help="the --json files of crfgan bench collapse runs")
     p.add_argument("--baseline", default="", help="the variant the others are judged against (default: the one "
                                                   "whose runs are HA-GAN's, model.arch=hagan; else the first)")
-    p.add_argument("--at-iteration", type=int, default=0, metavar="N",
-                   help="take each run's figures at its last evaluation at or before iteration N instead of its final "
-                        "one (like for like across runs that stopped at different iterations; default 0: final)")
+    p.add_argument("--at-iteration", type=_at_iteration, action="append", default=[], metavar="[VARIANT=]N",
+                   help="take the figures at each run's last evaluation at or before iteration N instead of its final "
+                        "one: for every variant, or with VARIANT= for that one (repeatable), e.g. to compare variants at "
+                        "iterations of equal CPU cost; default: the final evaluation")
     p.add_argument("--json", metavar="PATH", help="write the table as JSON and G's curves as PATH with .png")
+
+
+def _at_iteration(text: str) -> tuple[str, int]:
+    import argparse
+
+    name, _, n = text.rpartition("=")
+    if not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"want N or VARIANT=N with N a whole number >= 1, got {text!r}")
+    return name, int(n)
 
 
 def _override(run: dict, key: str) -> str | None:
@@ -127,7 +138,8 @@ def final_figures(run: dict, at_iteration: int = 0) -> dict:
     }
 
 
-def table(runs: list[dict], baseline: str = "", at_iteration: int = 0) -> dict:
+def table(runs: list[dict], baseline: str = "", at_iteration: list[tuple[str, int]] | None = None) -> dict:
+    """``at_iteration``: (variant, N) pairs, variant "" for all (a named one wins); none: the final evaluations."""
     from pipelines.compare import verdict
 
     groups: dict[str, list[dict]] = {}
@@ -138,9 +150,15 @@ def table(runs: list[dict], baseline: str = "", at_iteration: int = 0) -> dict:
         raise ValueError(f"--baseline {baseline}: no such variant (the variants: {', '.join(names)})")
     hagan = [v for v in names if all(_override(r, "model.arch") == "hagan" for r in groups[v])]
     base = baseline or (hagan[0] if hagan else names[0])
-    per = {v: [final_figures(r, at_iteration) for r in rs] for v, rs in groups.items()}
+    at = dict(at_iteration or [])
+    unknown = [v for v in at if v and v not in groups]
+    if unknown:
+        raise ValueError(f"--at-iteration {unknown[0]}=…: no such variant (the variants: {', '.join(names)})")
+    at = {v: at.get(v, at.get("", 0)) for v in names}
+    per = {v: [final_figures(r, at[v]) for r in rs] for v, rs in groups.items()}
     floors = sorted({round(float(r["floor"]["quality_score"]), 6) for r in runs if "floor" in r})
-    out: dict = {"baseline": base, "at_iteration": at_iteration or None, "floor_quality_score": floors, "variants": {}}
+    out: dict = {"baseline": base, "at_iteration": {v: n or None for v, n in at.items()}, "floor_quality_score": floors,
+                 "variants": {}}
     for v in names:
         fig = {}
         for k, metric in FIGURES.items():
@@ -178,8 +196,10 @@ def format_table(t: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     floors = ", ".join(f"{f:.3g}" for f in t["floor_quality_score"])
-    at = (f"last evaluation at or before iteration {t['at_iteration']}" if t.get("at_iteration")
-          else "final evaluation")
+    at = t.get("at_iteration") or {}
+    at = ("last evaluation at or before iteration " + ", ".join(f"{n} ({v})" if n else f"final ({v})"
+                                                               for v, n in at.items())
+          if any(at.values()) else "final evaluation")
     return "\n".join([line(header), *map(line, rows),
                       f"(mean ± half-range over runs at each run's {at}; real-vs-real floor {floors}; "
                       f"out of collapse: diversity ≥ 0.7 and quality_vs_floor ≤ 3)"])

@@ -73,9 +73,23 @@ def test_at_iteration_takes_each_runs_last_evaluation_up_to_it(runs, tmp_path, c
     out = tmp_path / "t.json"
     assert main(["bench", "collapse-table", *runs, "--at-iteration", "5000", "--json", str(out)]) == 0
     t = json.loads(out.read_text())
-    assert t["at_iteration"] == 5000
+    assert t["at_iteration"] == {"crf": 5000, "ha": 5000}
     crf = t["variants"]["crf"]
     assert crf["iterations"]["values"] == [3000, 3000] and crf["diversity_ratio"]["values"] == [0.5, 0.6]
     assert crf["out_of_collapse"]["count"] == 0 and crf["g_diversity_ratio"]["vs_ha"] == "worse"
     assert t["variants"]["ha"]["iterations"]["values"] == [3800, 3900]  # stopped before 5000: their final rows
     assert "at or before iteration 5000" in capsys.readouterr().out
+
+
+def test_at_iteration_can_name_a_variant_and_refuses_an_unknown_one(runs, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["bench", "collapse-table", *runs, "--at-iteration", "crf=3000", "--json", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["at_iteration"] == {"crf": 3000, "ha": None}
+    assert t["variants"]["crf"]["iterations"]["values"] == [3000, 3000]
+    assert t["variants"]["ha"]["iterations"]["values"] == [3800, 3900]
+    capsys.readouterr()
+    assert main(["bench", "collapse-table", *runs, "--at-iteration", "nope=3000"]) == 2
+    assert "--at-iteration nope=…: no such variant" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "collapse-table", *runs, "--at-iteration", "crf=-3"])
