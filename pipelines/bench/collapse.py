@@ -67,10 +67,11 @@ def add_arguments(p) -> None:
                    help="seed of the held-out reference set; the floor's second set uses seed + 1 (default 1)")
     p.add_argument("--samples", type=int, default=16, help="volumes rendered per evaluation (default 16)")
     p.add_argument("--iterations", type=int, default=0, help="stop after this many iterations (0: train.iterations)")
-    p.add_argument("--budget-s", type=_non_negative_seconds, default=1800.0, help="stop training once this many seconds (training "
-                   "and evaluation) have passed (default 1800)")
-    p.add_argument("--budget-cpu-s", type=_non_negative_seconds, default=0.0, help="also stop once this process has used this many "
-                   "CPU seconds (training and evaluation): the one-core budget when runs share cores (default 0: off)")
+    p.add_argument("--budget-s", type=_non_negative_seconds, default=1800.0,
+                   help="stop training once this many seconds (training and evaluation) have passed (default 1800)")
+    p.add_argument("--budget-cpu-s", type=_non_negative_seconds, default=0.0,
+                   help="also stop once this process has used this many CPU seconds (training and evaluation): the "
+                        "one-core budget when runs share cores (default 0: off)")
     p.add_argument("--eval-every", type=_positive_int, default=250, help="iterations between evaluations (default 250)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default="", help="a label for the run in the JSON")

@@ -17,9 +17,10 @@ side at iterations of equal CPU cost):
 - ``g_out_of_collapse`` and ``out_of_collapse``: how many runs meet issue 16's bar (diversity ≥ 0.7 and ≤ 3× the
   real-vs-real floor).
 
-Every variant but the baseline (``--baseline``; default the variant whose runs are all HA-GAN's) gets a verdict per figure, as ``crfgan compare`` gives it
-(``pipelines.compare.verdict``): "better"/"worse" only where the ranges over seeds of the distance to the
-figure's ideal do not overlap, else "within spread"; "—" with fewer than two runs on a side. ``--json PATH`` writes
+Every variant but the baseline (``--baseline``; default the variant whose runs are all HA-GAN's) gets a verdict per
+figure, as ``crfgan compare`` gives it (``pipelines.compare.verdict``): "better"/"worse" only where the ranges over
+seeds of the distance to the figure's ideal do not overlap, else "within spread"; "—" with fewer than two runs on a
+side. ``--json PATH`` writes
 the table as JSON and, beside it (same name, ``.png``), G's diversity and quality against the CPU seconds of every
 run. A file that is not a collapse-bench JSON is refused, by name, before anything is computed.
 """
@@ -32,6 +33,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.bench.collapse import DIVERSITY_BAR, QUALITY_BAR, _clean
 
 # figure → the metric whose direction (distance to the ideal) ``pipelines.compare.verdict`` uses for it
 FIGURES = {
@@ -122,8 +125,6 @@ def evaluation_row(run: dict, at_iteration: int = 0) -> dict:
 
 
 def final_figures(run: dict, at_iteration: int = 0) -> dict:
-    from pipelines.bench.collapse import DIVERSITY_BAR as div_min, QUALITY_BAR as q_max
-
     last = evaluation_row(run, at_iteration)
     g_div = last.get("g_diversity_ratio", last["diversity_ratio"])  # no EMA copy: the bench scores G only
     g_q = last.get("g_quality_vs_floor", last["quality_vs_floor"])
@@ -132,8 +133,8 @@ def final_figures(run: dict, at_iteration: int = 0) -> dict:
         "cpu_s_per_iteration": float(last["cpu_s"]) / max(float(last["iteration"]), 1.0),
         "g_diversity_ratio": float(g_div), "g_quality_vs_floor": float(g_q),
         "diversity_ratio": float(last["diversity_ratio"]), "quality_vs_floor": float(last["quality_vs_floor"]),
-        "g_out_of_collapse": bool(g_div >= div_min and g_q <= q_max),
-        "out_of_collapse": bool(last["diversity_ratio"] >= div_min and last["quality_vs_floor"] <= q_max),
+        "g_out_of_collapse": bool(g_div >= DIVERSITY_BAR and g_q <= QUALITY_BAR),
+        "out_of_collapse": bool(last["diversity_ratio"] >= DIVERSITY_BAR and last["quality_vs_floor"] <= QUALITY_BAR),
         "peak_rss_mb": float(last.get("peak_rss_mb", "nan")),  # runs before 2026-12-06 did not record it
     }
 
@@ -202,7 +203,7 @@ def format_table(t: dict) -> str:
           if any(at.values()) else "final evaluation")
     return "\n".join([line(header), *map(line, rows),
                       f"(mean ± half-range over runs at each run's {at}; real-vs-real floor {floors}; "
-                      f"out of collapse: diversity ≥ 0.7 and quality_vs_floor ≤ 3)"])
+                      f"out of collapse: diversity ≥ {DIVERSITY_BAR:g} and quality_vs_floor ≤ {QUALITY_BAR:g})"])
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -224,8 +225,8 @@ def plot(runs: list[dict], path: Path) -> None:
                   label=v if r is next(x for x in runs if variant(x) == v) else None)
         axes[0].plot(xs, [row.get("g_diversity_ratio", row["diversity_ratio"]) for row in c], **kw)
         axes[1].plot(xs, [row.get("g_quality_vs_floor", row["quality_vs_floor"]) for row in c], **kw)
-    axes[0].axhline(0.7, ls=":", color="k", lw=1, label="bar 0.7")
-    axes[1].axhline(3.0, ls=":", color="k", lw=1, label="bar 3× floor")
+    axes[0].axhline(DIVERSITY_BAR, ls=":", color="k", lw=1, label=f"bar {DIVERSITY_BAR:g}")
+    axes[1].axhline(QUALITY_BAR, ls=":", color="k", lw=1, label=f"bar {QUALITY_BAR:g}× floor")
     axes[1].axhline(1.0, ls="--", color="grey", lw=1, label="real-vs-real floor")
     axes[1].set_yscale("log")
     for ax, title in zip(axes, ("G's diversity_ratio (1: as diverse as real)", "G's quality_vs_floor (lower is better)")):
@@ -240,7 +241,6 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def run(args) -> int:
     from crfgan.storage import write_text_atomic
-    from pipelines.bench.collapse import _clean
 
     try:
         runs = load(args.runs)
