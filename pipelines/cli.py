@@ -32,7 +32,8 @@ BENCHES = {
     "metrics": ("pipelines.bench.metrics", "degradation suite: does each quality metric see blur, noise, seams, collapse"),
     "feed": ("pipelines.bench.feed", "volumes/s from Parquet shards through Ray Data into a Ray Train worker (no model)"),
     "collapse": ("pipelines.bench.collapse", "does a training recipe leave mode collapse on phantoms within a budget"),
-    "collapse-table": ("pipelines.bench.collapse_table", "seed table of collapse runs: mean ± half-range; better/worse vs HA-GAN only outside the spread"),
+    "collapse-table": ("pipelines.bench.collapse_table",
+                       "seed table of collapse runs: mean ± half-range; better/worse vs HA-GAN only outside the spread"),
     "viewer": ("pipelines.bench.viewer", "screenshot an evaluation report's slice viewer in headless Chromium"),
 }
 
