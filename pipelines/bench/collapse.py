@@ -16,6 +16,10 @@ G itself) against a held-out phantom set of another seed:
 - the training losses averaged over the window, this process's CPU seconds (``cpu_s``) and peak resident memory
   (``peak_rss_mb``: training data, networks, optimizers and the scoring, all in the one process) so far.
 
+The JSON also records the ``machine`` (CPU model, cores, Python, torch): CPU seconds per iteration differ across
+machines, and a seed's curve is reproducible bit for bit only on the same CPU and torch (another CPU's kernels round
+differently, and the runs part within a few hundred iterations).
+
 The JSON (``--json``) and its curves PNG (same name, ``.png``: quality, diversity and losses against the iteration,
 with the real-vs-real floor) are rewritten after every evaluation, so a run stopped by ``timeout`` keeps its curve.
 ``out_of_collapse`` is diversity_ratio ≥ 0.7 and quality_vs_floor ≤ 3 at the final evaluation (issue 16's bar).
@@ -161,6 +165,7 @@ def train_and_score(args) -> dict:
     from crfgan.metrics.quick import render_fixed
     from crfgan import loop
     from crfgan.trainer import batches
+    from pipelines.bench.table import machine
 
     torch.set_num_threads(max(1, args.threads))
     pin_mmap_threshold()
@@ -185,7 +190,8 @@ def train_and_score(args) -> dict:
                                                if isinstance(v, (int, float))},
            "real": {"ms_ssim": scorer.ms_real, "lung_fraction_sd": scorer.lung_sd_real,
                     "second_set_diversity_ratio": scorer.real_second_diversity},
-           "setup_s": setup_s, "curve": [], "done": False}
+           "setup_s": setup_s, "machine": machine(),  # seeds reproduce bit for bit only on the same CPU and torch
+           "curve": [], "done": False}
 
     def write():
         if args.json:

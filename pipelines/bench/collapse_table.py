@@ -23,6 +23,10 @@ seeds of the distance to the figure's ideal do not overlap, else "within spread"
 side. ``--json PATH`` writes
 the table as JSON and, beside it (same name, ``.png``), G's diversity and quality against the CPU seconds of every
 run. A file that is not a collapse-bench JSON is refused, by name, before anything is computed.
+
+Runs from more than one machine (the ``machine`` each run recorded: CPU model, cores, torch; "unrecorded" for runs
+before 2026-12-07) are named under the table: their CPU seconds per iteration then compare machines as well as
+variants, and the same seed on two CPUs is two samples of the seed spread, not one run twice.
 """
 
 from __future__ import annotations
@@ -139,6 +143,13 @@ def final_figures(run: dict, at_iteration: int = 0) -> dict:
     }
 
 
+def machine_label(run: dict) -> str:
+    m = run.get("machine")
+    if not isinstance(m, dict):
+        return "unrecorded"
+    return f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores, torch {m.get('torch', '?')}"
+
+
 def table(runs: list[dict], baseline: str = "", at_iteration: list[tuple[str, int]] | None = None) -> dict:
     """``at_iteration``: (variant, N) pairs, variant "" for all (a named one wins); none: the final evaluations."""
     from pipelines.compare import verdict
@@ -158,8 +169,9 @@ def table(runs: list[dict], baseline: str = "", at_iteration: list[tuple[str, in
     at = {v: at.get(v, at.get("", 0)) for v in names}
     per = {v: [final_figures(r, at[v]) for r in rs] for v, rs in groups.items()}
     floors = sorted({round(float(r["floor"]["quality_score"]), 6) for r in runs if "floor" in r})
+    machines = list(dict.fromkeys(machine_label(r) for r in runs))
     out: dict = {"baseline": base, "at_iteration": {v: n or None for v, n in at.items()}, "floor_quality_score": floors,
-                 "variants": {}}
+                 "machines": machines, "variants": {}}
     for v in names:
         fig = {}
         for k, metric in FIGURES.items():
@@ -173,6 +185,7 @@ def table(runs: list[dict], baseline: str = "", at_iteration: list[tuple[str, in
         for k in ("g_out_of_collapse", "out_of_collapse"):
             fig[k] = {"count": sum(f[k] for f in per[v]), "of": len(per[v])}
         fig["runs"] = [r["_path"] for r in groups[v]]
+        fig["machines"] = [machines.index(machine_label(r)) for r in groups[v]]  # per run: index into "machines"
         out["variants"][v] = fig
     return out
 
@@ -201,9 +214,19 @@ def format_table(t: dict) -> str:
     at = ("last evaluation at or before iteration " + ", ".join(f"{n} ({v})" if n else f"final ({v})"
                                                                for v, n in at.items())
           if any(at.values()) else "final evaluation")
-    return "\n".join([line(header), *map(line, rows),
-                      f"(mean ± half-range over runs at each run's {at}; real-vs-real floor {floors}; "
-                      f"out of collapse: diversity ≥ {DIVERSITY_BAR:g} and quality_vs_floor ≤ {QUALITY_BAR:g})"])
+    notes = [f"(mean ± half-range over runs at each run's {at}; real-vs-real floor {floors}; "
+             f"out of collapse: diversity ≥ {DIVERSITY_BAR:g} and quality_vs_floor ≤ {QUALITY_BAR:g})"]
+    machines = t.get("machines") or []
+    if len(machines) > 1:
+        notes.append(f"runs from {len(machines)} machines, so cpu_s_per_iteration compares machines as well as variants "
+                     "and a seed on two CPUs is two samples, not one run twice:")
+        for i, m in enumerate(machines):
+            used = ", ".join(f"{v} ×{t['variants'][v]['machines'].count(i)}" for v in names
+                             if i in t["variants"][v]["machines"])
+            notes.append(f"  [{i}] {m}: {used}")
+    elif machines == ["unrecorded"] and len(t["variants"]) > 0:
+        notes.append("(the runs did not record their machine: cpu_s_per_iteration may compare machines)")
+    return "\n".join([line(header), *map(line, rows), *notes])
 
 
 def plot(runs: list[dict], path: Path) -> None:

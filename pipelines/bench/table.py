@@ -9,11 +9,25 @@ import platform
 from crfgan.storage import write_text_atomic
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo's ``model name``), else what ``platform`` knows, else ``unknown``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() == "model name" and val.strip():
+                    return val.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def machine() -> dict:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"device": dev, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    return {"device": dev, "cpu_model": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 def format_table(title: str, rows: list[dict]) -> str:

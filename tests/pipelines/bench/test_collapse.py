@@ -43,6 +43,9 @@ def test_a_tiny_run_writes_its_curve_and_verdict(tmp_path, capsys):
     assert 50 < last["peak_rss_mb"] < 64 * 1024 and last["peak_rss_mb"] >= doc["curve"][0]["peak_rss_mb"]
     assert doc["floor"]["quality_score"] > 0 and isinstance(doc["out_of_collapse"], bool)
     assert "train.ema_decay=0.9" in doc["overrides"]
+    import torch
+
+    assert doc["machine"]["torch"] == torch.__version__ and doc["machine"]["cpu_model"]  # runs compare across CPUs
     assert doc["data"] == "phantom://3?size=32&seed=0"  # tiny keeps the phantoms' own 1 mm: no spacing in the URI
     assert "q/floor" in capsys.readouterr().out
     from PIL import Image

@@ -7,7 +7,7 @@ import pytest
 from pipelines.cli import main
 
 
-def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q, rss=None):
+def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q, rss=None, machine=None):
     overrides = ["train.ema_decay=0.999", f"train.seed={seed}"] + (["model.arch=hagan"] if arch == "hagan" else [])
     curve = [{"iteration": 0, "cpu_s": 10.0, "diversity_ratio": 3.0, "quality_vs_floor": 90.0,
               "g_diversity_ratio": 3.0, "g_quality_vs_floor": 90.0},
@@ -16,7 +16,7 @@ def _run(path, name, arch, seed, it, cpu, g_div, g_q, div, q, rss=None):
              {"iteration": it, "cpu_s": cpu, "diversity_ratio": div, "quality_vs_floor": q,
               "g_diversity_ratio": g_div, "g_quality_vs_floor": g_q, **({"peak_rss_mb": rss} if rss else {})}]
     path.write_text(json.dumps({"name": name, "overrides": overrides, "floor": {"quality_score": 2.4},
-                                "curve": curve}))
+                                "curve": curve, **({"machine": machine} if machine else {})}))
     return str(path)
 
 
@@ -93,3 +93,37 @@ def test_at_iteration_can_name_a_variant_and_refuses_an_unknown_one(runs, tmp_pa
     assert "--at-iteration nope=…: no such variant" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "collapse-table", *runs, "--at-iteration", "crf=-3"])
+
+
+def _machine(cpu):
+    return {"device": "cpu", "cpu_model": cpu, "cpus": 2, "python": "3.11.9", "torch": "2.13.0+cpu"}
+
+
+def test_runs_from_several_machines_are_named_under_the_table(tmp_path, capsys):
+    a, b = _machine("CPU A"), _machine("CPU B")
+    runs = [_run(tmp_path / "c0.json", "crf-s0", "crfgan", 0, 6000, 1800.0, 0.72, 2.2, 0.66, 2.3, machine=a),
+            _run(tmp_path / "h0.json", "ha-s0", "hagan", 0, 3800, 1800.0, 0.95, 2.1, 0.84, 2.5, machine=a),
+            _run(tmp_path / "h1.json", "ha-s1", "hagan", 1, 3900, 1800.0, 0.90, 2.5, 0.80, 2.9, machine=b),
+            _run(tmp_path / "h2.json", "ha-s2", "hagan", 2, 3900, 1800.0, 0.90, 2.5, 0.80, 2.9)]
+    out = tmp_path / "t.json"
+    assert main(["bench", "collapse-table", *runs, "--json", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["machines"] == ["CPU A, 2 cores, torch 2.13.0+cpu", "CPU B, 2 cores, torch 2.13.0+cpu", "unrecorded"]
+    assert t["variants"]["crf"]["machines"] == [0] and t["variants"]["ha"]["machines"] == [0, 1, 2]
+    text = capsys.readouterr().out
+    assert "runs from 3 machines" in text and "[1] CPU B, 2 cores, torch 2.13.0+cpu: ha ×1" in text
+    assert "[0] CPU A, 2 cores, torch 2.13.0+cpu: crf ×1, ha ×1" in text
+
+
+def test_runs_from_one_machine_get_no_machine_note(tmp_path, capsys):
+    a = _machine("CPU A")
+    runs = [_run(tmp_path / "c0.json", "crf-s0", "crfgan", 0, 6000, 1800.0, 0.72, 2.2, 0.66, 2.3, machine=a),
+            _run(tmp_path / "h0.json", "ha-s0", "hagan", 0, 3800, 1800.0, 0.95, 2.1, 0.84, 2.5, machine=a)]
+    assert main(["bench", "collapse-table", *runs]) == 0
+    text = capsys.readouterr().out
+    assert "machines" not in text and "did not record" not in text
+
+
+def test_runs_that_recorded_no_machine_say_so(runs, capsys):
+    assert main(["bench", "collapse-table", *runs]) == 0
+    assert "did not record their machine" in capsys.readouterr().out
