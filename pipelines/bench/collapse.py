@@ -17,8 +17,8 @@ G itself) against a held-out phantom set of another seed:
   (``peak_rss_mb``: training data, networks, optimizers and the scoring, all in the one process) so far.
 
 The JSON also records the ``machine`` (CPU model, cores, Python, torch): CPU seconds per iteration differ across
-machines, and a seed's curve is reproducible bit for bit only on the same CPU and torch (another CPU's kernels round
-differently, and the runs part within a few hundred iterations).
+machines, and a seed's curve is reproducible bit for bit on one machine, not across machines (on 2026-12-07 another
+machine's first scores differed in the 8th digit and the runs had parted by iteration 600).
 
 The JSON (``--json``) and its curves PNG (same name, ``.png``: quality, diversity and losses against the iteration,
 with the real-vs-real floor) are rewritten after every evaluation, so a run stopped by ``timeout`` keeps its curve.
@@ -190,7 +190,7 @@ def train_and_score(args) -> dict:
                                                if isinstance(v, (int, float))},
            "real": {"ms_ssim": scorer.ms_real, "lung_fraction_sd": scorer.lung_sd_real,
                     "second_set_diversity_ratio": scorer.real_second_diversity},
-           "setup_s": setup_s, "machine": machine(),  # seeds reproduce bit for bit only on the same CPU and torch
+           "setup_s": setup_s, "machine": machine(),  # a seed reproduces bit for bit on one machine only
            "curve": [], "done": False}
 
     def write():

@@ -26,7 +26,7 @@ run. A file that is not a collapse-bench JSON is refused, by name, before anythi
 
 Runs from more than one machine (the ``machine`` each run recorded: CPU model, cores, torch; "unrecorded" for runs
 before 2026-12-07) are named under the table: their CPU seconds per iteration then compare machines as well as
-variants, and the same seed on two CPUs is two samples of the seed spread, not one run twice.
+variants, and the same seed on two machines is two samples of the seed spread, not one run twice.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def format_table(t: dict) -> str:
     machines = t.get("machines") or []
     if len(machines) > 1:
         notes.append(f"runs from {len(machines)} machines, so cpu_s_per_iteration compares machines as well as variants "
-                     "and a seed on two CPUs is two samples, not one run twice:")
+                     "and a seed on two machines is two samples, not one run twice:")
         for i, m in enumerate(machines):
             used = ", ".join(f"{v} ×{t['variants'][v]['machines'].count(i)}" for v in names
                              if i in t["variants"][v]["machines"])
