@@ -224,7 +224,7 @@ def format_table(t: dict) -> str:
             used = ", ".join(f"{v} ×{t['variants'][v]['machines'].count(i)}" for v in names
                              if i in t["variants"][v]["machines"])
             notes.append(f"  [{i}] {m}: {used}")
-    elif machines == ["unrecorded"] and len(t["variants"]) > 0:
+    elif machines == ["unrecorded"]:
         notes.append("(the runs did not record their machine: cpu_s_per_iteration may compare machines)")
     return "\n".join([line(header), *map(line, rows), *notes])
 
